@@ -1,0 +1,342 @@
+"""PostgresClient: asyncpg behind the SDK's resilient, instrumented pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+
+import asyncpg
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from ..resilience.breaker import CircuitBreaker
+from ..resilience.faults import Fault, RequestNotSent
+from ..resilience.pipeline import Pipeline
+from ..settings import PostgresSettings
+from ..telemetry import names
+from ..telemetry.client import ClientTelemetry
+from ..telemetry.instruments import PoolStats
+from . import bulk
+from .classify import PostgresErrors
+from .pool import PoolGate
+from .statement_spans import end_statement_scope, statement_scope, traced_connection_class
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+Isolation = Literal["read_committed", "repeatable_read", "serializable"]
+_READ_START = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(SELECT|WITH|SHOW|VALUES|TABLE|EXPLAIN)\b", re.I | re.S)
+_WRITE_WORD = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|COPY|ANALYZE|LOCK|NEXTVAL|SETVAL|SET_CONFIG)\b", re.I)
+_STATUS_COUNT = re.compile(r"(\d+)$")
+
+
+class PostgresClient:
+    """An async PostgreSQL client: one pool, one circuit breaker, retries, spans and metrics for every call.
+
+    Use it as ``async with PostgresClient(settings) as pg:`` (run-once tasks) or ``await pg.connect()`` /
+    ``await pg.close()`` (daemons). ``connect()`` is an idempotent get-or-create that concurrent callers share; any
+    call connects on demand. ``close()`` is idempotent and bounded; the client can be used again after it.
+
+    Reads (``fetch``, ``fetchrow``, ``fetchval`` of a SELECT) are retried after a lost connection. Statements that
+    write are re-sent only when the caller says they are idempotent (``idempotent=True``: keyed upserts,
+    ``ON CONFLICT``); otherwise a failure after the request may have reached the server raises
+    :class:`~trading_shared.errors.OutcomeUnknownError`. Transactions re-run as a whole on serialization failures
+    and deadlocks, and after connection failures that happened before COMMIT was sent.
+    """
+
+    def __init__(
+        self,
+        settings: PostgresSettings | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else PostgresSettings()
+        host, port, database = self.settings.target()
+        self._tracer_provider = tracer_provider
+        self._telemetry = ClientTelemetry(
+            system=names.SYSTEM_POSTGRESQL,
+            pool_name=self.settings.name,
+            namespace=database,
+            address=host,
+            port=port,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        self._errors = PostgresErrors()
+        self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
+        self._pipeline = Pipeline(
+            retry=self.settings.retry,
+            breaker=self.breaker,
+            errors=self._errors,
+            telemetry=self._telemetry,
+            activate_span=self.settings.statement_spans,
+        )
+        self._gate: PoolGate | None = None
+        self._lock = asyncio.Lock()
+        self._readonly_cache: dict[str, bool] = {}
+        self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
+
+    def __repr__(self) -> str:
+        host, port, database = self.settings.target()
+        state = "connected" if self._gate is not None else "not connected"
+        return f"<PostgresClient {self.settings.name!r} {host}:{port}/{database} {state}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------------
+    async def connect(self) -> Self:
+        """Create the pool if there is none (concurrent callers share one). Fails fast on bad credentials."""
+        if self._gate is None:
+            async with self._lock:
+                if self._gate is None:
+                    self._gate = await self._pipeline.call("connect", self._create_gate, idempotent=True)
+                    self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
+        return self
+
+    async def start_pool(self) -> asyncpg.Pool:
+        """Deprecated alias of :meth:`connect` kept for the replaced client; returns the raw pool."""
+        warnings.warn("start_pool() is deprecated; use connect()", DeprecationWarning, stacklevel=2)
+        await self.connect()
+        assert self._gate is not None
+        return self._gate.pool
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the pool within ``timeout`` seconds (then terminate). Idempotent."""
+        async with self._lock:
+            gate, self._gate = self._gate, None
+            if gate is not None:
+                await gate.close(timeout)
+            self._pipeline.close()
+            self._telemetry.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The underlying asyncpg pool (None until connected). Calls made on it bypass retries and telemetry."""
+        return self._gate.pool if self._gate is not None else None
+
+    # -- statements ----------------------------------------------------------------------------------------------------
+    async def execute(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
+    ) -> int:
+        """Run a statement; returns the number of rows it affected (0 for statements that report none)."""
+        status: str = await self.run("execute", lambda c: c.execute(query, *args, timeout=timeout), idempotent)
+        found = _STATUS_COUNT.search(status)
+        return int(found.group(1)) if found else 0
+
+    async def executemany(
+        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None, idempotent: bool = False
+    ) -> None:
+        """Run a statement once per argument tuple, atomically (asyncpg runs it in one implicit transaction)."""
+        rows = list(args)
+        await self.run("executemany", lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
+
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+    ) -> list[asyncpg.Record]:
+        """Run a query and return all rows."""
+        result: list[asyncpg.Record] = await self.run(
+            "fetch", lambda c: c.fetch(query, *args, timeout=timeout), self._idempotent(query, idempotent)
+        )
+        return result
+
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+    ) -> asyncpg.Record | None:
+        """Run a query and return its first row, or None."""
+        result: asyncpg.Record | None = await self.run(
+            "fetchrow", lambda c: c.fetchrow(query, *args, timeout=timeout), self._idempotent(query, idempotent)
+        )
+        return result
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None, idempotent: bool | None = None
+    ) -> Any:
+        """Run a query and return one value of its first row, or None."""
+        return await self.run(
+            "fetchval",
+            lambda c: c.fetchval(query, *args, column=column, timeout=timeout),
+            self._idempotent(query, idempotent),
+        )
+
+    async def transaction(
+        self,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        isolation: Isolation = "read_committed",
+        readonly: bool = False,
+        idempotent: bool = False,
+        operation: str = "transaction",
+    ) -> T:
+        """Run ``fn(connection)`` in a transaction and return its result; re-run it whole when that is safe.
+
+        Re-run on serialization failure (40001) and deadlock (40P01), and on connection failures before COMMIT
+        was sent (the server then rolled the transaction back). A failure during COMMIT is re-run only when
+        ``idempotent`` is true; otherwise it raises OutcomeUnknownError. ``fn`` may therefore run more than once:
+        keep side effects outside the database out of it, and do not keep the connection after it returns.
+        """
+
+        async def body(conn: asyncpg.Connection) -> T:
+            committing = False
+            try:
+                async with conn.transaction(isolation=isolation, readonly=readonly):
+                    result = await fn(conn)
+                    committing = True
+                return result
+            except Exception as exc:
+                if not committing and self._errors.classify(exc) is Fault.INDETERMINATE:
+                    raise RequestNotSent(exc) from exc  # never committed: rolled back by the server
+                raise
+
+        return await self.run(operation, body, idempotent)
+
+    async def bulk_upsert_instruments(
+        self, instruments: Sequence[Mapping[str, Any]], exchange_name: str
+    ) -> int:
+        """Upsert instruments through the services' ``bulk_upsert_instruments(jsonb[])`` database function.
+
+        Adds ``exchange`` to a copy of each instrument (the caller's list and dicts are never mutated). The
+        function upserts, so the call is safe to re-send. Returns how many instruments were sent.
+        """
+        if not instruments:
+            return 0
+        payload = bulk.with_exchange(instruments, exchange_name)
+        await self.run("bulk_upsert_instruments", lambda c: c.execute(bulk.LEGACY_UPSERT_SQL, payload), True)
+        _log.info("bulk-upserted %d instruments for one exchange", len(payload))
+        return len(payload)
+
+    async def copy_upsert(
+        self,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        *,
+        columns: Sequence[str],
+        key_columns: Sequence[str],
+        update_columns: Sequence[str] | None = None,
+        schema: str | None = None,
+    ) -> int:
+        """Bulk upsert through COPY into a temporary staging table, then one ``INSERT .. ON CONFLICT``.
+
+        The fastest write path for large batches (several times the jsonb-function path). Keyed, so safe to
+        re-send; atomic (one transaction). Returns the number of rows inserted or updated.
+        """
+        rows = list(records)
+        if not rows:
+            return 0
+        plan = bulk.CopyUpsert(table, columns, key_columns, update_columns, schema)
+        return await self.transaction(lambda c: plan.run(c, rows), idempotent=True, operation="copy_upsert")
+
+    async def copy_records(
+        self, table: str, records: Iterable[Sequence[Any]], *, columns: Sequence[str], schema: str | None = None
+    ) -> int:
+        """Plain COPY of rows into ``table`` (atomic, not keyed: never re-sent once it may have been applied)."""
+        rows = list(records)
+        if not rows:
+            return 0
+        status: str = await self.run(
+            "copy_records",
+            lambda c: c.copy_records_to_table(table, records=rows, columns=list(columns), schema_name=schema),
+            False,
+        )
+        found = _STATUS_COUNT.search(status)
+        return int(found.group(1)) if found else 0
+
+    async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:
+        """Run ``fn`` on a pooled connection through the pipeline (for operations the client lacks).
+
+        ``operation`` names it in telemetry (keep it low-cardinality); ``idempotent`` says it may be re-sent after
+        its request may have reached the server.
+        """
+        gate = self._gate
+        if gate is None:
+            await self.connect()
+            gate = self._gate
+            assert gate is not None
+        traced = self.settings.statement_spans
+
+        async def attempt() -> T:
+            conn = await gate.acquire()
+            borrowed = time.perf_counter()
+            scope = statement_scope(True) if traced else None
+            try:
+                return await fn(conn)
+            finally:
+                if scope is not None:
+                    end_statement_scope(scope)
+                gate.release(conn, borrowed)
+
+        return await self._pipeline.call(operation, attempt, idempotent=idempotent)
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    def _idempotent(self, query: str, given: bool | None) -> bool:
+        if given is not None:
+            return given
+        known = self._readonly_cache.get(query)
+        if known is None:
+            known = bool(_READ_START.match(query)) and not _WRITE_WORD.search(query)
+            if len(self._readonly_cache) < 10_000:
+                self._readonly_cache[query] = known
+        return known
+
+    async def _create_gate(self) -> PoolGate:
+        s = self.settings
+        connection_class: type[asyncpg.Connection] = asyncpg.Connection
+        if s.statement_spans:
+            connection_class = traced_connection_class(self._tracer_provider)
+        telemetry = self._telemetry
+
+        async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+            started = time.perf_counter()
+            conn = await asyncpg.connect(*args, **kwargs)
+            telemetry.pool_create(time.perf_counter() - started)
+            return conn
+
+        extra: dict[str, Any] = {}
+        if s.ssl is not None:
+            extra["ssl"] = s.ssl
+        try:
+            pool = await asyncpg.create_pool(
+                s.resolved_dsn().get_secret_value(),
+                # One connection up front so bad credentials fail here; min_size=0 keeps asyncpg's own background
+                # reconnect loop (which bypasses the breaker and logs a traceback a second) switched off.
+                init_size=max(1, s.min_size),
+                min_size=0,
+                max_size=s.max_size,
+                command_timeout=s.command_timeout,
+                timeout=s.connect_timeout,
+                statement_cache_size=s.statement_cache_size,
+                server_settings={"application_name": s.application_name},
+                init=_init_connection,
+                connect=connect,
+                connection_class=connection_class,
+                **extra,
+            )
+        except Exception as exc:
+            raise RequestNotSent(exc) from exc
+        return PoolGate(pool, max_size=s.max_size, acquire_timeout=s.acquire_timeout, telemetry=telemetry)
+
+    def _pool_stats(self) -> PoolStats | None:
+        gate = self._gate
+        return gate.stats() if gate is not None else None
+
+    def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
+        return [(self._telemetry.pool_attributes, self.breaker.state.value)]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """JSON and JSONB as Python objects on every new connection."""
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

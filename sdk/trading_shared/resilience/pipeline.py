@@ -1,0 +1,226 @@
+"""The one call pipeline both clients use: breaker gate -> attempt -> classify -> retry -> telemetry.
+
+A client describes an operation (its name, whether it may be re-sent after its request may have reached the
+server, and one attempt as a zero-argument coroutine function) and hands it to :meth:`Pipeline.call`. Rules:
+
+* Caller errors are raised unchanged at once: no retry, breaker untouched.
+* Infrastructure failures count against the breaker and are retried with exponential backoff and jitter, within
+  ``max_attempts`` and the total ``deadline``; an INDETERMINATE one only when the operation is idempotent.
+* Conflicts (serialization failure, deadlock) re-run the whole operation; the breaker is untouched.
+* Cancellation is neutral for the breaker and recorded on the span. A call past its deadline is cancelled by the
+  client's watchdog and raises :class:`~trading_shared.errors.DeadlineExceededError`.
+* What remains after the policy gives up is a :class:`~trading_shared.errors.ServiceUnavailableError` (a builtin
+  ``ConnectionError``) chained from the last driver error.
+
+The first attempt runs outside tenacity; the policy is consulted only after a failure (see ``retry.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from opentelemetry.trace import Span
+
+from ..errors import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    OutcomeUnknownError,
+    PoolExhaustedError,
+    ServiceUnavailableError,
+)
+from ..settings import RetrySettings
+from ..telemetry import names
+from ..telemetry.client import ClientTelemetry
+from .breaker import CircuitBreaker
+from .deadline import DeadlineWatchdog
+from .faults import Fault, RequestNotSent
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class DriverErrors(Protocol):
+    """How a driver's exceptions are read: by type and error code, never by message."""
+
+    def classify(self, exc: BaseException) -> Fault:
+        """The meaning of ``exc`` for retries and the breaker."""
+
+    def describe(self, exc: BaseException) -> tuple[str, str | None]:
+        """``(error.type, db.response.status_code)`` for telemetry: low-cardinality, no values."""
+
+
+class Pipeline:
+    """Runs operations for one client against one server endpoint."""
+
+    def __init__(
+        self,
+        *,
+        retry: RetrySettings,
+        breaker: CircuitBreaker,
+        errors: DriverErrors,
+        telemetry: ClientTelemetry,
+        activate_span: bool = False,
+    ) -> None:
+        self.breaker = breaker
+        self._activate_span = activate_span
+        self.telemetry = telemetry
+        self.policy = RetryPolicy(retry)
+        self._deadline = retry.deadline
+        self._errors = errors
+        self._watchdog = DeadlineWatchdog(tick=min(0.05, retry.deadline / 10))
+        breaker.add_observer(lambda _old, new: telemetry.breaker_transition(new.value))
+
+    def close(self) -> None:
+        """Stop the deadline watchdog."""
+        self._watchdog.close()
+
+    async def call(
+        self,
+        operation: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        idempotent: bool,
+        extra_time: float = 0.0,
+    ) -> T:
+        """Run ``attempt`` under the pipeline's rules and return its result.
+
+        ``idempotent`` says the request may be re-sent after it may have reached the server (keys, explicit ids,
+        ON CONFLICT). ``extra_time`` widens the deadline for operations that block on purpose.
+        """
+        tel = self.telemetry
+        span = tel.start(operation)
+        t0 = time.perf_counter()
+        started = time.monotonic()
+        token = self._watchdog.register(started + self._deadline + extra_time)
+        attempts = 0
+        ticket = -1
+        in_attempt = False
+        maybe_applied = False
+        last: BaseException | None = None
+        try:
+            while True:
+                attempts += 1
+                ticket = self.breaker.admit(operation)
+                in_attempt = True
+                try:
+                    if self._activate_span:
+                        with tel.activate(span):
+                            result = await attempt()
+                    else:
+                        result = await attempt()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    in_attempt = False
+                    original, fault = self._classify(exc)
+                    if fault is Fault.CALLER:
+                        self.breaker.release(ticket)
+                        if original is exc:
+                            raise
+                        raise original from original.__cause__
+                    if fault.infrastructure:
+                        self.breaker.record_failure(ticket)
+                    else:
+                        self.breaker.release(ticket)
+                    maybe_applied = maybe_applied or fault is Fault.INDETERMINATE
+                    last = original
+                    error_type = self._errors.describe(original)[0]
+                    if fault is Fault.POOL_EXHAUSTED:
+                        tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
+                                           fault=fault.value, delay=None)  # fmt: skip
+                        raise PoolExhaustedError(
+                            f"{operation}: no pooled connection available ({error_type})",
+                            operation=operation,
+                            attempts=attempts,
+                            may_have_been_applied=maybe_applied,
+                        ) from original
+                    if fault is Fault.INDETERMINATE and not idempotent:
+                        tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
+                                           fault=fault.value, delay=None)  # fmt: skip
+                        raise OutcomeUnknownError(
+                            f"{operation} failed after its request may have reached the server ({error_type}); "
+                            "not re-sent because it is not idempotent: it may or may not have been applied",
+                            operation=operation,
+                            attempts=attempts,
+                            may_have_been_applied=True,
+                        ) from original
+                    delay = self.policy.next_delay(attempts, started, extra_time)
+                    tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
+                                       fault=fault.value, delay=delay)  # fmt: skip
+                    if delay is None:
+                        if fault is Fault.CONFLICT:
+                            raise original from original.__cause__
+                        raise ServiceUnavailableError(
+                            f"{operation} failed after {attempts} attempt(s): {error_type}",
+                            operation=operation,
+                            attempts=attempts,
+                            may_have_been_applied=maybe_applied,
+                        ) from original
+                    await asyncio.sleep(delay)
+                else:
+                    self.breaker.record_success(ticket)
+                    tel.end(span, operation, time.perf_counter() - t0, attempts=attempts)
+                    return result
+        except CircuitOpenError as rejected:
+            tel.breaker_rejected(operation)
+            rejected.attempts = attempts - 1
+            rejected.may_have_been_applied = maybe_applied
+            self._end_failed(span, operation, t0, rejected, names.ERROR_CIRCUIT_OPEN, None, attempts - 1)
+            if last is not None:
+                raise rejected from last
+            raise
+        except asyncio.CancelledError as cancelled:
+            if not self._watchdog.absorb_cancel(token):
+                if in_attempt:
+                    self.breaker.release(ticket)
+                tel.cancelled(span)
+                self._end_failed(span, operation, t0, cancelled, names.ERROR_CANCELLED, None, attempts)
+                raise
+            if in_attempt:
+                self.breaker.record_failure(ticket)
+                maybe_applied = True  # cut off mid-attempt: the request may have reached the server
+            expired = DeadlineExceededError(
+                f"{operation} did not complete within its deadline of {self._deadline + extra_time:g} s "
+                f"({attempts} attempt(s))",
+                operation=operation,
+                attempts=attempts,
+                may_have_been_applied=maybe_applied,
+            )
+            self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, attempts)
+            raise expired from last
+        except BaseException as exc:
+            described = exc.__cause__ if isinstance(exc, ServiceUnavailableError) and exc.__cause__ else exc
+            error_type, status = self._errors.describe(described)
+            self._end_failed(span, operation, t0, exc, error_type, status, attempts)
+            raise
+        finally:
+            self._watchdog.unregister(token)
+
+    def _classify(self, exc: BaseException) -> tuple[BaseException, Fault]:
+        if isinstance(exc, RequestNotSent):
+            fault = self._errors.classify(exc.original)
+            return exc.original, Fault.UNAVAILABLE if fault is Fault.INDETERMINATE else fault
+        return exc, self._errors.classify(exc)
+
+    def _end_failed(
+        self,
+        span: Span | None,
+        operation: str,
+        t0: float,
+        error: BaseException,
+        error_type: str,
+        status: str | None,
+        attempts: int,
+    ) -> None:
+        self.telemetry.end(
+            span,
+            operation,
+            time.perf_counter() - t0,
+            error=error,
+            error_type=error_type,
+            status_code=status,
+            attempts=attempts,
+        )

@@ -1,0 +1,190 @@
+"""Client settings: pydantic models, loadable from the environment, with secrets kept as ``SecretStr``.
+
+``PostgresSettings()`` reads ``POSTGRES_*`` variables and ``RedisSettings()`` reads ``REDIS_*``; nested settings use a
+double underscore (``POSTGRES_RETRY__MAX_ATTEMPTS=5``). Invalid values fail at construction with a
+``pydantic.ValidationError`` (a ``ValueError``) that names the field and never echoes the input, so a typo cannot
+print a password.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_MODEL = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class RetrySettings(BaseModel):
+    """How a failed call is retried: bounded attempts AND a total deadline, exponential backoff with jitter.
+
+    The wait before attempt ``n + 1`` is ``min(max_backoff, initial_backoff * 2 ** (n - 1) + uniform(0, jitter))``
+    (tenacity's ``wait_exponential_jitter``); no wait is started that would end past the deadline.
+    """
+
+    model_config = _MODEL
+
+    max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per call, the first included.")
+    initial_backoff: float = Field(default=0.05, ge=0, le=60, description="Seconds before the first retry.")
+    max_backoff: float = Field(default=2.0, ge=0, le=300, description="Cap on one backoff, in seconds.")
+    jitter: float = Field(default=0.05, ge=0, le=60, description="Random extra wait, uniform in [0, jitter] seconds.")
+    deadline: float = Field(default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included.")
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> Self:
+        if self.max_backoff < self.initial_backoff:
+            raise ValueError("max_backoff must be >= initial_backoff")
+        return self
+
+
+class BreakerSettings(BaseModel):
+    """The circuit breaker that guards one server: it opens after ``fail_max`` consecutive infrastructure failures."""
+
+    model_config = _MODEL
+
+    enabled: bool = Field(default=True, description="False turns the breaker off (calls are never rejected).")
+    fail_max: int = Field(default=5, ge=1, le=10_000, description="Consecutive infrastructure failures that open it.")
+    reset_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds open before one trial call.")
+    success_threshold: int = Field(default=1, ge=1, le=1000, description="Trial successes needed to close it.")
+
+
+_SSL_MODES = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class PostgresSettings(BaseSettings):
+    """Settings for :class:`~trading_shared.PostgresClient` (environment prefix ``POSTGRES_``).
+
+    Give either ``dsn`` or the parts (``user``, ``password``, ``host``, ``port``, ``db``) the replaced client used.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="POSTGRES_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    name: str = Field(default="postgres", min_length=1, max_length=64, description="Pool name in telemetry.")
+    dsn: SecretStr | None = Field(default=None, description="postgresql://user:pass@host:port/db (overrides parts).")
+    user: str = Field(default="postgres", min_length=1)
+    password: SecretStr | None = None
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=5432, ge=1, le=65535)
+    db: str = Field(default="postgres", min_length=1)
+    min_size: int = Field(default=1, ge=0, le=1000, description="Connections the pool keeps open.")
+    max_size: int = Field(default=5, ge=1, le=1000, description="Pool cap; keep it small behind PgBouncer.")
+    command_timeout: float | None = Field(default=10.0, gt=0, description="Seconds one statement may run.")
+    connect_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to open one connection.")
+    acquire_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to wait for a pooled connection.")
+    statement_cache_size: int = Field(default=100, ge=0, description="0 behind PgBouncer transaction pooling.")
+    application_name: str = Field(default="trading-shared", max_length=63)
+    ssl: _SSL_MODES | None = Field(default=None, description="libpq sslmode; None leaves the DSN's choice.")
+    statement_spans: bool = Field(default=False, description="Child span per SQL statement (instrumentation-asyncpg).")
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.min_size > self.max_size:
+            raise ValueError("min_size must be <= max_size")
+        if self.dsn is not None:
+            _parse_postgres_dsn(self.dsn.get_secret_value())
+        return self
+
+    def resolved_dsn(self) -> SecretStr:
+        """The DSN asyncpg connects with: ``dsn`` when given, else one built from the parts."""
+        if self.dsn is not None:
+            return self.dsn
+        auth = quote(self.user, safe="")
+        if self.password is not None:
+            auth += ":" + quote(self.password.get_secret_value(), safe="")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return SecretStr(f"postgresql://{auth}@{host}:{self.port}/{quote(self.db, safe='')}")
+
+    def target(self) -> tuple[str, int, str]:
+        """``(server.address, server.port, db.namespace)`` for telemetry: no user name, no password."""
+        if self.dsn is None:
+            return self.host, self.port, self.db
+        return _parse_postgres_dsn(self.dsn.get_secret_value())
+
+
+def _parse_postgres_dsn(dsn: str) -> tuple[str, int, str]:
+    """Check a DSN's shape and return its first host, port and database, without echoing it (it has a password)."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        raise ValueError("dsn is not a valid URL") from None
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("dsn must start with postgresql:// or postgres://")
+    hostlist = parts.netloc.rpartition("@")[2]
+    first = hostlist.split(",")[0]
+    host, port = first, 5432
+    if first.startswith("["):
+        host, _, rest = first[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:])
+    elif ":" in first:
+        host, _, p = first.rpartition(":")
+        port = _port(p)
+    database = unquote(parts.path.lstrip("/")) or "postgres"
+    return host or "localhost", port, database
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError("dsn has an invalid port")
+    return int(text)
+
+
+class RedisSettings(BaseSettings):
+    """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REDIS_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        hide_input_in_errors=True,
+    )
+
+    name: str = Field(default="redis", min_length=1, max_length=64, description="Pool name in telemetry.")
+    url: SecretStr = Field(default=SecretStr("redis://127.0.0.1:6379/0"), description="redis:// or rediss:// URL.")
+    db: int | None = Field(default=None, ge=0, le=15, description="Database index; overrides the URL's.")
+    password: SecretStr | None = Field(default=None, description="Overrides the URL's password.")
+    max_connections: int = Field(default=50, ge=1, le=10_000)
+    socket_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to wait for one reply.")
+    socket_connect_timeout: float = Field(default=2.0, gt=0, le=600)
+    write_concurrency_limit: int = Field(default=4, ge=1, le=1000, description="Concurrent bulk-write chunks.")
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _parse_redis_url(self.url.get_secret_value())
+        return self
+
+    def target(self) -> tuple[str, int, int]:
+        """``(server.address, server.port, db index)`` for telemetry."""
+        host, port, db = _parse_redis_url(self.url.get_secret_value())
+        return host, port, self.db if self.db is not None else db
+
+
+def _parse_redis_url(url: str) -> tuple[str, int, int]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("url is not a valid redis URL (bad host or port)") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("url must start with redis://, rediss:// or unix://")
+    path = parts.path.lstrip("/")
+    if parts.scheme != "unix" and path and not path.isdigit():
+        raise ValueError("url path must be a database number")
+    db = int(path) if parts.scheme != "unix" and path else 0
+    return parts.hostname or "localhost", port, db
+
+
+__all__ = ["BreakerSettings", "PostgresSettings", "RedisSettings", "RetrySettings"]

@@ -1,0 +1,268 @@
+"""Per-client telemetry: the operation span, the duration histogram, retries, breaker and pool figures.
+
+Uses the application's global tracer and meter providers unless explicit ones are given, and keeps asking the
+global ones until the application has set them (apps often configure OpenTelemetry after importing libraries).
+While no provider is set, each call costs a provider look-up and nothing else. Every method swallows its own
+errors: telemetry never breaks a call. Nothing here ever sees query text, parameters, keys or values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from . import names
+from .instruments import Instruments, PoolStats, instruments_for
+
+_log = logging.getLogger(__name__)
+
+try:
+    _VERSION = version("trading-shared")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    _VERSION = "0.0.0"
+
+_PROXY_TRACER_PROVIDER = type(trace.get_tracer_provider())
+_PROXY_METER_PROVIDER = type(metrics.get_meter_provider())
+
+
+class ClientTelemetry:
+    """Spans and metrics of one client. Attribute dicts are built once per operation name and reused."""
+
+    def __init__(
+        self,
+        *,
+        system: str,
+        pool_name: str,
+        namespace: str,
+        address: str,
+        port: int,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tracer: Tracer | None = None
+        self._instruments: Instruments | None = None
+        self._namespace = namespace
+        self._base: dict[str, str | int] = {
+            names.DB_SYSTEM_NAME: system,
+            names.DB_NAMESPACE: namespace,
+            names.SERVER_ADDRESS: address,
+            names.SERVER_PORT: port,
+            names.POOL_NAME: pool_name,
+        }
+        self.pool_attributes: dict[str, str] = {names.DB_SYSTEM_NAME: system, names.POOL_NAME: pool_name}
+        self._op_attrs: dict[str, dict[str, str | int]] = {}
+        self._pool_source: Callable[[], PoolStats | None] | None = None
+        self._breaker_source: Callable[[], Iterable[tuple[dict[str, str], str]]] | None = None
+
+    # -- provider resolution -------------------------------------------------------------------------------------------
+    def tracer(self) -> Tracer | None:
+        """The tracer, or None while the application has set no tracer provider."""
+        if self._tracer is None:
+            provider = self._tracer_provider or trace.get_tracer_provider()
+            if isinstance(provider, _PROXY_TRACER_PROVIDER):
+                return None
+            self._tracer = provider.get_tracer(names.INSTRUMENTATION_SCOPE, _VERSION)
+        return self._tracer
+
+    def instruments(self) -> Instruments | None:
+        """The instruments, or None while the application has set no meter provider."""
+        if self._instruments is None:
+            provider = self._meter_provider or metrics.get_meter_provider()
+            if isinstance(provider, _PROXY_METER_PROVIDER):
+                return None
+            try:
+                self._instruments = instruments_for(provider, _VERSION)
+                self._instruments.register(self)
+            except Exception:
+                _log.exception("could not create metric instruments; metrics are off for this client")
+                return None
+        return self._instruments
+
+    def attributes(self, operation: str) -> dict[str, str | int]:
+        """The attributes every span and data point of ``operation`` carries (cached; never mutate)."""
+        attrs = self._op_attrs.get(operation)
+        if attrs is None:
+            attrs = {**self._base, names.DB_OPERATION_NAME: operation}
+            self._op_attrs[operation] = attrs
+        return attrs
+
+    # -- the operation -----------------------------------------------------------------------------------------------
+    def start(self, operation: str) -> Span | None:
+        """Start the CLIENT span of one logical operation (None when tracing is off)."""
+        try:
+            tracer = self.tracer()
+            if tracer is None:
+                return None
+            return tracer.start_span(
+                f"{operation} {self._namespace}", kind=SpanKind.CLIENT, attributes=self.attributes(operation)
+            )
+        except Exception:
+            _log.debug("span start failed", exc_info=True)
+            return None
+
+    def end(
+        self,
+        span: Span | None,
+        operation: str,
+        seconds: float,
+        *,
+        error: BaseException | None = None,
+        error_type: str | None = None,
+        status_code: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        """Record the operation's duration and end its span; ``error_type`` set means it failed."""
+        try:
+            attrs = self.attributes(operation)
+            if error_type is not None:
+                attrs = {**attrs, names.ERROR_TYPE: error_type}
+                if status_code is not None:
+                    attrs[names.DB_RESPONSE_STATUS_CODE] = status_code
+            instruments = self.instruments()
+            if instruments is not None:
+                instruments.duration.record(seconds, attrs)
+            if span is not None:
+                if attempts > 1:
+                    span.set_attribute(names.ATTEMPTS, attempts)
+                if error_type is not None:
+                    span.set_attribute(names.ERROR_TYPE, error_type)
+                    if status_code is not None:
+                        span.set_attribute(names.DB_RESPONSE_STATUS_CODE, status_code)
+                    if error is not None and error_type != names.ERROR_CANCELLED:
+                        span.record_exception(error, escaped=True)
+                    span.set_status(Status(StatusCode.ERROR, error_type))
+                span.end()
+        except Exception:
+            _log.debug("telemetry end failed", exc_info=True)
+
+    def cancelled(self, span: Span | None) -> None:
+        """Mark the span of an operation whose task was cancelled."""
+        if span is not None:
+            try:
+                span.add_event(names.EVENT_CANCELLED)
+            except Exception:
+                _log.debug("telemetry failed", exc_info=True)
+
+    def attempt_failed(
+        self,
+        span: Span | None,
+        operation: str,
+        *,
+        attempt: int,
+        error_type: str,
+        fault: str,
+        delay: float | None,
+    ) -> None:
+        """An attempt failed: a span event, and a retry count when another attempt follows (``delay`` not None)."""
+        try:
+            if span is not None:
+                event: dict[str, str | int | float] = {
+                    names.ATTEMPT: attempt,
+                    names.ERROR_TYPE: error_type,
+                    names.FAULT: fault,
+                }
+                if delay is not None:
+                    event[names.RETRY_DELAY] = delay
+                span.add_event(names.EVENT_ATTEMPT_FAILED, event)
+            if delay is not None:
+                instruments = self.instruments()
+                if instruments is not None:
+                    retry_attrs = {
+                        names.DB_SYSTEM_NAME: self.pool_attributes[names.DB_SYSTEM_NAME],
+                        names.POOL_NAME: self.pool_attributes[names.POOL_NAME],
+                        names.DB_OPERATION_NAME: operation,
+                        names.ERROR_TYPE: error_type,
+                    }
+                    instruments.retries.add(1, retry_attrs)
+        except Exception:
+            _log.debug("telemetry failed", exc_info=True)
+
+    @contextmanager
+    def activate(self, span: Span | None) -> Iterator[None]:
+        """Make ``span`` current (so statement-level child spans nest under it)."""
+        if span is None:
+            yield
+            return
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            yield
+
+    # -- breaker -----------------------------------------------------------------------------------------------------
+    def breaker_transition(self, new_state: str) -> None:
+        """Count a breaker transition into ``new_state``."""
+        self._add("transitions", {**self.pool_attributes, names.BREAKER_STATE_ATTR: new_state})
+
+    def breaker_rejected(self, operation: str) -> None:
+        """Count a call the open breaker rejected."""
+        self._add("rejections", {**self.pool_attributes, names.DB_OPERATION_NAME: operation})
+
+    def dead_lettered(self, count: int) -> None:
+        """Count messages written to a dead-letter stream."""
+        self._add("dead_lettered", self.pool_attributes, count)
+
+    # -- pool --------------------------------------------------------------------------------------------------------
+    def observe(
+        self,
+        pool: Callable[[], PoolStats | None] | None = None,
+        breakers: Callable[[], Iterable[tuple[dict[str, str], str]]] | None = None,
+    ) -> None:
+        """Set where the observable callbacks read this client's pool figures and breaker states."""
+        if pool is not None:
+            self._pool_source = pool
+        if breakers is not None:
+            self._breaker_source = breakers
+        instruments = self.instruments()
+        if instruments is not None:
+            instruments.register(self)
+
+    def pool_stats(self) -> PoolStats | None:
+        """Current pool figures (read by the metrics exporter's thread)."""
+        return self._pool_source() if self._pool_source is not None else None
+
+    def breaker_states(self) -> Iterable[tuple[dict[str, str], str]]:
+        """Breaker states (read by the metrics exporter's thread)."""
+        return self._breaker_source() if self._breaker_source is not None else ()
+
+    def pool_wait(self, seconds: float) -> None:
+        """Record the time one acquisition waited."""
+        self._record("wait_time", seconds)
+
+    def pool_use(self, seconds: float) -> None:
+        """Record how long one connection was borrowed."""
+        self._record("use_time", seconds)
+
+    def pool_create(self, seconds: float) -> None:
+        """Record the time to open one connection."""
+        self._record("create_time", seconds)
+
+    def pool_timeout(self) -> None:
+        """Count an acquisition that timed out or found the pool exhausted."""
+        self._add("timeouts", self.pool_attributes)
+
+    def close(self) -> None:
+        """Stop reporting this client's pool and breakers."""
+        if self._instruments is not None:
+            self._instruments.unregister(self)
+
+    def _record(self, instrument: str, seconds: float) -> None:
+        try:
+            instruments = self.instruments()
+            if instruments is not None:
+                getattr(instruments, instrument).record(seconds, self.pool_attributes)
+        except Exception:
+            _log.debug("telemetry failed", exc_info=True)
+
+    def _add(self, instrument: str, attrs: dict[str, str], amount: int = 1) -> None:
+        try:
+            instruments = self.instruments()
+            if instruments is not None:
+                getattr(instruments, instrument).add(amount, attrs)
+        except Exception:
+            _log.debug("telemetry failed", exc_info=True)
