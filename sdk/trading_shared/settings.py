@@ -26,10 +26,10 @@ class RetrySettings(BaseModel):
 
     model_config = _MODEL
 
-    max_attempts: int = Field(default=3, ge=1, le=100, description="Attempts per call, the first included.")
-    initial_backoff: float = Field(default=0.05, ge=0, le=60, description="Seconds before the first retry.")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="Attempts per call, the first included.")
+    initial_backoff: float = Field(default=0.1, ge=0, le=60, description="Seconds before the first retry.")
     max_backoff: float = Field(default=2.0, ge=0, le=300, description="Cap on one backoff, in seconds.")
-    jitter: float = Field(default=0.05, ge=0, le=60, description="Random extra wait, uniform in [0, jitter] seconds.")
+    jitter: float = Field(default=0.1, ge=0, le=60, description="Random extra wait, uniform in [0, jitter] seconds.")
     deadline: float = Field(default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included.")
 
     @model_validator(mode="after")
@@ -40,13 +40,13 @@ class RetrySettings(BaseModel):
 
 
 class BreakerSettings(BaseModel):
-    """The circuit breaker that guards one server: it opens after ``fail_max`` consecutive infrastructure failures."""
+    """The circuit breaker guarding one server: opens after ``fail_max`` consecutive calls failed on infrastructure."""
 
     model_config = _MODEL
 
     enabled: bool = Field(default=True, description="False turns the breaker off (calls are never rejected).")
-    fail_max: int = Field(default=5, ge=1, le=10_000, description="Consecutive infrastructure failures that open it.")
-    reset_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds open before one trial call.")
+    fail_max: int = Field(default=5, ge=1, le=10_000, description="Consecutive failed calls (retries exhausted) that open it.")
+    reset_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds open before one trial call.")
     success_threshold: int = Field(default=1, ge=1, le=1000, description="Trial successes needed to close it.")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -190,16 +191,24 @@ class PostgresClient:
         """
 
         async def body(conn: asyncpg.Connection) -> T:
-            committing = False
+            tx = conn.transaction(isolation=isolation, readonly=readonly)
             try:
-                async with conn.transaction(isolation=isolation, readonly=readonly):
-                    result = await fn(conn)
-                    committing = True
-                return result
-            except Exception as exc:
-                if not committing and self._errors.classify(exc) is Fault.INDETERMINATE:
-                    raise RequestNotSent(exc) from exc  # never committed: rolled back by the server
+                await tx.start()
+                result = await fn(conn)
+            except BaseException as exc:
+                if _is_closed(conn):
+                    if isinstance(exc, Exception):  # the connection died before COMMIT: rolled back
+                        raise RequestNotSent(_lost(exc)) from exc
+                    raise
+                with contextlib.suppress(Exception):
+                    await tx.rollback()
+                if isinstance(exc, Exception) and self._errors.classify(exc) is Fault.INDETERMINATE:
+                    raise RequestNotSent(exc) from exc  # never committed: the server rolled it back
                 raise
+            if _is_closed(conn):
+                raise RequestNotSent(asyncpg.ConnectionDoesNotExistError("connection lost before COMMIT was sent"))
+            await tx.commit()  # a failure here may or may not have committed
+            return result
 
         return await self.run(operation, body, idempotent)
 
@@ -273,6 +282,10 @@ class PostgresClient:
             scope = statement_scope(True) if traced else None
             try:
                 return await fn(conn)
+            except asyncpg.InterfaceError as exc:
+                if _is_closed(conn):  # asyncpg refused to send on a connection that was already gone
+                    raise RequestNotSent(_lost(exc)) from exc
+                raise
             finally:
                 if scope is not None:
                     end_statement_scope(scope)
@@ -334,6 +347,23 @@ class PostgresClient:
 
     def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
         return [(self._telemetry.pool_attributes, self.breaker.state.value)]
+
+
+def _lost(cause: BaseException) -> BaseException:
+    """The error to report for a statement refused because its connection was already closed."""
+    if isinstance(cause, asyncpg.PostgresConnectionError | OSError):
+        return cause
+    lost = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
+    lost.__cause__ = cause
+    return lost
+
+
+def _is_closed(conn: asyncpg.Connection) -> bool:
+    """Whether a pooled connection is unusable (asyncpg detaches the proxy of a connection the server closed)."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -97,6 +97,14 @@ class CircuitBreaker:
         """Consecutive infrastructure failures counted while closed."""
         return self._cb.fail_counter
 
+    def is_open(self) -> bool:
+        """Whether calls are being rejected now (open and the reset timeout has not yet passed)."""
+        return self._cb.current_state == pybreaker.STATE_OPEN and self.retry_after() > 0
+
+    def is_trial(self, ticket: int) -> bool:
+        """Whether ``ticket`` belongs to the half-open trial call."""
+        return ticket == self._generation and self._cb.current_state == pybreaker.STATE_HALF_OPEN
+
     def retry_after(self) -> float:
         """Seconds until an open breaker admits a trial call (0 when it would admit one now)."""
         if self._cb.current_state != pybreaker.STATE_OPEN:

@@ -4,8 +4,10 @@ A client describes an operation (its name, whether it may be re-sent after its r
 server, and one attempt as a zero-argument coroutine function) and hands it to :meth:`Pipeline.call`. Rules:
 
 * Caller errors are raised unchanged at once: no retry, breaker untouched.
-* Infrastructure failures count against the breaker and are retried with exponential backoff and jitter, within
-  ``max_attempts`` and the total ``deadline``; an INDETERMINATE one only when the operation is idempotent.
+* Infrastructure failures are retried with exponential backoff and jitter, within ``max_attempts`` and the total
+  ``deadline``; an INDETERMINATE one only when the operation is idempotent. The breaker counts failed CALLS, not
+  failed attempts: a blip that a retry absorbs (a fast server restart) never opens it, while a server that stays
+  down opens it after ``fail_max`` calls have run out of retries. A failed half-open trial reopens it at once.
 * Conflicts (serialization failure, deadlock) re-run the whole operation; the breaker is untouched.
 * Cancellation is neutral for the breaker and recorded on the span. A call past its deadline is cancelled by the
   client's watchdog and raises :class:`~trading_shared.errors.DeadlineExceededError`.
@@ -97,6 +99,7 @@ class Pipeline:
         token = self._watchdog.register(started + self._deadline + extra_time)
         attempts = 0
         ticket = -1
+        owed: int | None = None  # ticket of an infrastructure failure the breaker has not been told of yet
         in_attempt = False
         maybe_applied = False
         last: BaseException | None = None
@@ -118,13 +121,17 @@ class Pipeline:
                     original, fault = self._classify(exc)
                     if fault is Fault.CALLER:
                         self.breaker.release(ticket)
+                        owed = None  # the server answered
                         if original is exc:
                             raise
                         raise original from original.__cause__
-                    if fault.infrastructure:
-                        self.breaker.record_failure(ticket)
-                    else:
+                    if not fault.infrastructure:
                         self.breaker.release(ticket)
+                    elif self.breaker.is_trial(ticket):
+                        self.breaker.record_failure(ticket)  # a failed trial reopens at once
+                        owed = None
+                    else:
+                        owed = ticket
                     maybe_applied = maybe_applied or fault is Fault.INDETERMINATE
                     last = original
                     error_type = self._errors.describe(original)[0]
@@ -159,12 +166,14 @@ class Pipeline:
                             attempts=attempts,
                             may_have_been_applied=maybe_applied,
                         ) from original
-                    await asyncio.sleep(delay)
+                    if delay > 0 and not self.breaker.is_open():
+                        await asyncio.sleep(delay)
                 else:
                     self.breaker.record_success(ticket)
                     tel.end(span, operation, time.perf_counter() - t0, attempts=attempts)
                     return result
         except CircuitOpenError as rejected:
+            self._settle(owed)
             tel.breaker_rejected(operation)
             rejected.attempts = attempts - 1
             rejected.may_have_been_applied = maybe_applied
@@ -175,13 +184,14 @@ class Pipeline:
         except asyncio.CancelledError as cancelled:
             if not self._watchdog.absorb_cancel(token):
                 if in_attempt:
-                    self.breaker.release(ticket)
+                    self.breaker.release(ticket)  # cancellation says nothing about the server
                 tel.cancelled(span)
                 self._end_failed(span, operation, t0, cancelled, names.ERROR_CANCELLED, None, attempts)
                 raise
             if in_attempt:
-                self.breaker.record_failure(ticket)
+                owed = ticket  # hung past the deadline: an infrastructure failure
                 maybe_applied = True  # cut off mid-attempt: the request may have reached the server
+            self._settle(owed)
             expired = DeadlineExceededError(
                 f"{operation} did not complete within its deadline of {self._deadline + extra_time:g} s "
                 f"({attempts} attempt(s))",
@@ -192,12 +202,18 @@ class Pipeline:
             self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, attempts)
             raise expired from last
         except BaseException as exc:
+            self._settle(owed)
             described = exc.__cause__ if isinstance(exc, ServiceUnavailableError) and exc.__cause__ else exc
             error_type, status = self._errors.describe(described)
             self._end_failed(span, operation, t0, exc, error_type, status, attempts)
             raise
         finally:
             self._watchdog.unregister(token)
+
+    def _settle(self, owed: int | None) -> None:
+        """Tell the breaker that a call failed for good. Blips absorbed by a retry never count against it."""
+        if owed is not None:
+            self.breaker.record_failure(owed)
 
     def _classify(self, exc: BaseException) -> tuple[BaseException, Fault]:
         if isinstance(exc, RequestNotSent):
