@@ -30,7 +30,9 @@ class RetrySettings(BaseModel):
     initial_backoff: float = Field(default=0.1, ge=0, le=60, description="Seconds before the first retry.")
     max_backoff: float = Field(default=2.0, ge=0, le=300, description="Cap on one backoff, in seconds.")
     jitter: float = Field(default=0.1, ge=0, le=60, description="Random extra wait, uniform in [0, jitter] seconds.")
-    deadline: float = Field(default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included.")
+    deadline: float = Field(
+        default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included."
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Self:
@@ -45,7 +47,7 @@ class BreakerSettings(BaseModel):
     model_config = _MODEL
 
     enabled: bool = Field(default=True, description="False turns the breaker off (calls are never rejected).")
-    fail_max: int = Field(default=5, ge=1, le=10_000, description="Consecutive failed calls (retries exhausted) that open it.")
+    fail_max: int = Field(default=5, ge=1, le=10_000, description="Consecutive failed calls that open it.")
     reset_timeout: float = Field(default=10.0, gt=0, le=3600, description="Seconds open before one trial call.")
     success_threshold: int = Field(default=1, ge=1, le=1000, description="Trial successes needed to close it.")
 

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from support.otel import Otel
 
+from support.otel import Otel
 from trading_shared import PostgresClient, PostgresSettings
 
 FAST = {

@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import asyncpg
 import pytest
+
 from support.otel import Otel
 from support.servers import PostgresServer
-
 from trading_shared import CircuitOpenError, OutcomeUnknownError, PostgresClient, ServiceUnavailableError
 from trading_shared.telemetry import names
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 
 import asyncpg
 import pytest
+
 from support.leaks import pg_backend_count
 from support.servers import SECURED_PASSWORD, SECURED_ROLE, PostgresServer
-
 from trading_shared import PostgresClient, PostgresSettings, ServiceUnavailableError
 
 
@@ -99,7 +100,7 @@ async def test_wrong_password_fails_fast_without_retry_and_breaker_closed(pg_ser
 async def test_unknown_host_fails_fast_without_retry() -> None:
     pg = PostgresClient(PostgresSettings(host="no-such-host.invalid", breaker={"fail_max": 1}))
     t0 = time.monotonic()
-    with pytest.raises(OSError) as info:
+    with pytest.raises(socket.gaierror) as info:
         await pg.connect()
     assert not isinstance(info.value, ServiceUnavailableError)
     assert time.monotonic() - t0 < 2.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import ClassVar
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -49,8 +50,13 @@ class Exhausted(Exception):
 
 
 class FakeErrors:
-    table = {Lost: Fault.INDETERMINATE, Refused: Fault.UNAVAILABLE, Caller: Fault.CALLER,
-             Conflict: Fault.CONFLICT, Exhausted: Fault.POOL_EXHAUSTED}  # fmt: skip
+    table: ClassVar[dict[type[BaseException], Fault]] = {
+        Lost: Fault.INDETERMINATE,
+        Refused: Fault.UNAVAILABLE,
+        Caller: Fault.CALLER,
+        Conflict: Fault.CONFLICT,
+        Exhausted: Fault.POOL_EXHAUSTED,
+    }
 
     def classify(self, exc: BaseException) -> Fault:
         return self.table.get(type(exc), Fault.CALLER)

@@ -352,8 +352,8 @@ class PostgresClient:
 def _lost(cause: BaseException) -> BaseException:
     """The error to report for a statement refused because its connection was already closed."""
     if isinstance(cause, asyncpg.PostgresConnectionError | OSError):
-        return cause
-    lost = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
+        return cause  # type: ignore[no-any-return]
+    lost: BaseException = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
     lost.__cause__ = cause
     return lost
 
