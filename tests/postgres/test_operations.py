@@ -80,9 +80,10 @@ async def test_copy_upsert_inserts_then_updates_by_key(make_pg: Callable[..., Po
     async with make_pg() as pg:
         await pg.execute("CREATE TABLE px (venue text, symbol text, price numeric, PRIMARY KEY (venue, symbol))")
         rows = [("x", f"S{i}", i) for i in range(1000)]
-        assert await pg.copy_upsert("px", rows, columns=["venue", "symbol", "price"], key_columns=["venue", "symbol"]) == 1000
+        cols, keys = ["venue", "symbol", "price"], ["venue", "symbol"]
+        assert await pg.copy_upsert("px", rows, columns=cols, key_columns=keys) == 1000
         again = [("x", f"S{i}", i * 10) for i in range(500, 1500)]
-        assert await pg.copy_upsert("px", again, columns=["venue", "symbol", "price"], key_columns=["venue", "symbol"]) == 1000
+        assert await pg.copy_upsert("px", again, columns=cols, key_columns=keys) == 1000
         assert await pg.fetchval("SELECT count(*) FROM px") == 1500
         assert await pg.fetchval("SELECT price FROM px WHERE symbol = 'S700'") == 7000
         assert await pg.fetchval("SELECT price FROM px WHERE symbol = 'S10'") == 10
@@ -93,7 +94,8 @@ async def test_copy_upsert_inserts_then_updates_by_key(make_pg: Callable[..., Po
 async def test_copy_records_and_identifier_quoting(make_pg: Callable[..., PostgresClient]) -> None:
     async with make_pg() as pg:
         await pg.execute('CREATE TABLE "odd ""name""" (id int, note text)')
-        assert await pg.copy_records('odd "name"', [(1, "a'; DROP TABLE x; --"), (2, None)], columns=["id", "note"]) == 2
+        rows = [(1, "a'; DROP TABLE x; --"), (2, None)]
+        assert await pg.copy_records('odd "name"', rows, columns=["id", "note"]) == 2
         assert await pg.fetchval('SELECT note FROM "odd ""name""" WHERE id = 1') == "a'; DROP TABLE x; --"
         with pytest.raises(ValueError, match="NUL"):
             await pg.copy_upsert("a\x00b", [(1,)], columns=["id"], key_columns=["id"])
