@@ -1,0 +1,119 @@
+"""Every knob of the dashboards and alerts, in one place.
+
+Change a value here, run ``python dashboards/generate.py``, commit the regenerated files. Metric and label names are
+NOT configured here: they come from ``trading_shared.telemetry.names`` (see :mod:`dashboards.metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from dashboards.metrics import names
+
+# --- where the runbook lives ---------------------------------------------------------------------------------------
+#: Alerts link to ``<RUNBOOK_BASE_URL>#<alert name in lower case>``; point it at your copy of dashboards/runbook.md.
+RUNBOOK_BASE_URL: Final = "https://github.com/trading-platform/trading-shared/blob/main/dashboards/runbook.md"
+
+# --- dashboards ------------------------------------------------------------------------------------------------------
+DASHBOARD_TAGS: Final = ("trading-shared",)
+#: Stable dashboard uids (Grafana allows at most 40 characters): links and provisioning rely on them.
+OVERVIEW_UID: Final = "trading-shared-overview"
+SYSTEMS_UID: Final = "trading-shared-systems"
+DASHBOARD_REFRESH: Final = "30s"
+DASHBOARD_TIME_FROM: Final = "now-1h"
+
+#: Template variable names (used as ``$datasource``, ``$job``, ``$client``, ``$system``).
+DATASOURCE_VARIABLE: Final = "datasource"
+JOB_VARIABLE: Final = "job"
+CLIENT_VARIABLE: Final = "client"
+SYSTEM_VARIABLE: Final = "system"
+
+#: Latency quantiles drawn on the latency panels.
+LATENCY_QUANTILES: Final = (0.5, 0.95, 0.99)
+
+# --- Grafana-managed alerts ----------------------------------------------------------------------------------------
+#: Grafana expands ``${VAR}`` from its environment in this field when provisioning: set PROMETHEUS_DATASOURCE_UID.
+GRAFANA_DATASOURCE_UID: Final = "${PROMETHEUS_DATASOURCE_UID}"
+GRAFANA_FOLDER: Final = "trading-shared"
+GRAFANA_ORG_ID: Final = 1
+GRAFANA_EVALUATION_INTERVAL: Final = "1m"
+#: How far back Grafana's instant query may look (seconds); covers the longest range in any rule.
+GRAFANA_QUERY_RANGE_SECONDS: Final = 900
+
+# --- Prometheus alert rules ----------------------------------------------------------------------------------------
+RULE_GROUP: Final = "trading-shared"
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Selectors, windows and thresholds of the alert rules.
+
+    Durations are Prometheus duration strings. ``breaker_open_window`` is how long the transitions counter keeps a
+    breaker-open alert active after an open too short for any scrape to see: it must exceed two scrape intervals plus
+    one evaluation interval, or a short open can slip through.
+    """
+
+    #: PromQL matchers every rule selects with; narrow them to scope the rules to some services,
+    #: e.g. ``('job=~"orders|risk"',)``. Aggregations always keep job + instance, so services never collide.
+    job_matchers: tuple[str, ...] = ('job!=""',)
+    rate_window: str = "5m"
+
+    breaker_open_window: str = "5m"
+    breaker_open_for: str = "0s"
+    breaker_open_severity: str = "critical"
+
+    flapping_window: str = "15m"
+    flapping_min_opens: int = 3
+    flapping_for: str = "0s"
+    flapping_severity: str = "warning"
+
+    #: Retries per logical call, and a floor in retries/s so a trickle of traffic cannot page.
+    retry_ratio: float = 0.5
+    retry_min_rate: float = 1.0
+    retry_for: str = "10m"
+    retry_severity: str = "warning"
+
+    #: Failed calls (cancellations excluded) over all calls, and a floor in calls/s.
+    error_ratio: float = 0.05
+    error_min_rate: float = 0.1
+    error_for: str = "5m"
+    error_severity: str = "critical"
+
+    #: Used connections over the pool's maximum, while requests are waiting for a connection.
+    pool_saturation: float = 0.9
+    pool_saturation_for: str = "10m"
+    pool_saturation_severity: str = "warning"
+
+    acquire_timeout_window: str = "5m"
+    acquire_timeout_for: str = "0s"
+    acquire_timeout_severity: str = "warning"
+
+    #: p99 of one logical call (retries included), per database system, in seconds.
+    latency_p99_seconds: dict[str, float] = field(
+        default_factory=lambda: {names.SYSTEM_POSTGRESQL: 0.5, names.SYSTEM_REDIS: 0.05}
+    )
+    latency_for: str = "10m"
+    latency_severity: str = "warning"
+
+    dead_letter_window: str = "15m"
+    dead_letter_for: str = "0s"
+    dead_letter_severity: str = "warning"
+
+
+#: The committed rule file.
+PRODUCTION: Final = AlertConfig()
+
+#: For end-to-end tests against a Prometheus that scrapes and evaluates every second: same rules, short windows, so
+#: an alert resolves seconds (not minutes) after recovery. Never deployed.
+FAST_TEST: Final = AlertConfig(
+    rate_window="10s",
+    breaker_open_window="5s",
+    flapping_window="30s",
+    retry_for="5s",
+    error_for="5s",
+    pool_saturation_for="5s",
+    acquire_timeout_window="5s",
+    latency_for="5s",
+    dead_letter_window="5s",
+)

@@ -1,0 +1,10 @@
+"""Shared set-up of the dashboards tests: the repository root on sys.path (for ``import dashboards``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
