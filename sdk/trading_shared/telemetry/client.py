@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics._internal import _ProxyMeterProvider  # no public name for it
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from . import names
@@ -27,8 +28,11 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     _VERSION = "0.0.0"
 
-_PROXY_TRACER_PROVIDER = type(trace.get_tracer_provider())
-_PROXY_METER_PROVIDER = type(metrics.get_meter_provider())
+# The API's placeholders while the application has set no provider. Named, not taken from get_*_provider() at import
+# time: an application that sets its providers BEFORE importing the SDK would otherwise have its own provider's
+# class taken for the placeholder, and every client's telemetry would stay off.
+_PROXY_TRACER_PROVIDER = trace.ProxyTracerProvider
+_PROXY_METER_PROVIDER = _ProxyMeterProvider
 
 
 class ClientTelemetry:
@@ -44,7 +48,13 @@ class ClientTelemetry:
         port: int,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        record_exceptions: bool = False,
     ) -> None:
+        # record_exceptions=True adds exception events with the message and traceback. Off by default: driver
+        # messages can quote parameters (asyncpg's DataError shows the argument) or keys (Redis NOGROUP), so by
+        # default a failed span carries an exception event with exception.type only, plus error.type,
+        # db.response.status_code and its ERROR status.
+        self._record_exceptions = record_exceptions
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
         self._tracer: Tracer | None = None
@@ -81,6 +91,7 @@ class ClientTelemetry:
             try:
                 self._instruments = instruments_for(provider, _VERSION)
                 self._instruments.register(self)
+                self._prime(self._instruments)
             except Exception:
                 _log.exception("could not create metric instruments; metrics are off for this client")
                 return None
@@ -93,6 +104,14 @@ class ClientTelemetry:
             attrs = {**self._base, names.DB_OPERATION_NAME: operation}
             self._op_attrs[operation] = attrs
         return attrs
+
+    def _prime(self, instruments: Instruments) -> None:
+        """Export this client's event counters at 0 from the start, so ``increase()`` sees their first event."""
+        for state in (names.BREAKER_OPEN, names.BREAKER_HALF_OPEN, names.BREAKER_CLOSED):
+            instruments.transitions.add(0, {**self.pool_attributes, names.BREAKER_STATE_ATTR: state})
+        instruments.rejections.add(0, self.pool_attributes)
+        instruments.timeouts.add(0, self.pool_attributes)
+        instruments.dead_lettered.add(0, self.pool_attributes)
 
     # -- the operation -----------------------------------------------------------------------------------------------
     def start(self, operation: str) -> Span | None:
@@ -137,7 +156,10 @@ class ClientTelemetry:
                     if status_code is not None:
                         span.set_attribute(names.DB_RESPONSE_STATUS_CODE, status_code)
                     if error is not None and error_type != names.ERROR_CANCELLED:
-                        span.record_exception(error, escaped=True)
+                        if self._record_exceptions:
+                            span.record_exception(error, escaped=True)
+                        else:
+                            span.add_event("exception", {"exception.type": type(error).__qualname__})
                     span.set_status(Status(StatusCode.ERROR, error_type))
                 span.end()
         except Exception:
