@@ -15,6 +15,7 @@ from .errors import (
     TradingSharedError,
 )
 from .postgres import PostgresClient
+from .redis import CustomRedisClient, RedisClient
 from .resilience import BreakerState, set_testing
 from .settings import BreakerSettings, PostgresSettings, RedisSettings, RetrySettings
 
@@ -24,11 +25,13 @@ __all__ = [
     "BulkWriteError",
     "CircuitOpenError",
     "ConfigurationError",
+    "CustomRedisClient",
     "DeadlineExceededError",
     "OutcomeUnknownError",
     "PoolExhaustedError",
     "PostgresClient",
     "PostgresSettings",
+    "RedisClient",
     "RedisSettings",
     "RetrySettings",
     "ServiceUnavailableError",

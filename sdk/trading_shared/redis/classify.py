@@ -1,0 +1,122 @@
+"""redis-py errors by type and RESP error code (never by message text): what each means for retries and the breaker.
+
+======================================================  ================  ==========================================
+Error                                                   Fault             Why
+======================================================  ================  ==========================================
+:class:`ConnectFailed` (raised while connecting)        UNAVAILABLE       the command was never sent
+``MaxConnectionsError``                                 POOL_EXHAUSTED    the client's own pool is full: fail fast
+``AuthenticationError``, ``AuthorizationError``         CALLER            credentials: retrying cannot help
+``ConnectionError`` from an unknown host                CALLER            configuration (``EAI_AGAIN`` is transient)
+``BusyLoadingError`` (LOADING)                          UNAVAILABLE       refused, not applied: the server is loading
+``ReadOnlyError``, ``TryAgainError``,                   UNAVAILABLE       refused, not applied: failover / resharding
+``ClusterDownError``, ``MasterDownError``, ``BUSY``
+other ``ConnectionError``, ``TimeoutError``             INDETERMINATE     the request may have reached the server
+``InvalidResponse``, builtin socket errors              INDETERMINATE     the connection broke mid-reply
+other ``ResponseError`` (WRONGTYPE, syntax, OOM, ...)   CALLER            the server answered: raised unchanged
+``DataError`` and anything else                         CALLER            bad input or a bug: raised unchanged
+======================================================  ================  ==========================================
+
+redis-py maps most RESP error codes to exception classes; codes it does not map (WRONGTYPE, NOGROUP, BUSYGROUP,
+BUSY) arrive as a plain ``ResponseError`` whose message starts with the code, which :func:`error_code` reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import redis.exceptions as rex
+
+from ..resilience.faults import Fault
+
+#: RESP error codes (the reply's first word) of requests the server refused without applying them.
+_REFUSED_CODES = frozenset({"BUSY", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
+_REFUSED_TYPES = (rex.BusyLoadingError, rex.ReadOnlyError, rex.TryAgainError, rex.ClusterDownError)
+_AUTH_TYPES = (rex.AuthenticationError, rex.AuthorizationError, rex.ExternalAuthProviderError)
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
+
+
+class ConnectFailed(rex.ConnectionError):
+    """Raised by the SDK's connection classes when opening a connection failed: the command was never sent.
+
+    ``original`` is redis-py's own error (a ``ConnectionError`` or ``TimeoutError``). Internal: the client turns it
+    into :class:`~trading_shared.resilience.RequestNotSent` and callers only ever see ``original``.
+    """
+
+    def __init__(self, original: rex.RedisError) -> None:
+        super().__init__(type(original).__name__)
+        self.original = original
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The RESP error code of a server error reply (``WRONGTYPE``, ``NOGROUP``, ``LOADING``...), else None.
+
+    redis-py keeps the code in ``status_code`` for the errors it maps to classes, and leaves it as the first word
+    of the message for the others. Only a short all-capitals word counts as a code.
+    """
+    if not isinstance(exc, rex.RedisError):
+        return None
+    code = exc.status_code
+    if code is None and isinstance(exc, rex.ResponseError) and exc.args and isinstance(exc.args[0], str):
+        code = exc.args[0].split(" ", 1)[0]
+    if code and len(code) <= 32 and code.isalpha() and code.isupper():
+        return code
+    return None
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    """redis-py re-raises a DNS failure as ConnectionError with the ``socket.gaierror`` as its context."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 5:
+        if isinstance(cause, socket.gaierror):
+            return cause.errno != socket.EAI_AGAIN
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
+class RedisErrors:
+    """Implements the pipeline's DriverErrors for redis-py (asyncio)."""
+
+    def classify(self, exc: BaseException) -> Fault:
+        """Map an exception from redis-py (or the socket under it) to a :class:`Fault`."""
+        if isinstance(exc, ConnectFailed):
+            fault = self.classify(exc.original)
+            return Fault.UNAVAILABLE if fault is Fault.INDETERMINATE else fault
+        if isinstance(exc, rex.RedisError):
+            if isinstance(exc, rex.MaxConnectionsError):
+                return Fault.POOL_EXHAUSTED
+            if isinstance(exc, _AUTH_TYPES):
+                return Fault.CALLER
+            if isinstance(exc, _REFUSED_TYPES):
+                return Fault.UNAVAILABLE
+            if isinstance(exc, rex.ConnectionError):
+                return Fault.CALLER if _unknown_host(exc) else Fault.INDETERMINATE
+            if isinstance(exc, rex.TimeoutError | rex.InvalidResponse):
+                return Fault.INDETERMINATE
+            if isinstance(exc, rex.ResponseError) and error_code(exc) in _REFUSED_CODES:
+                return Fault.UNAVAILABLE
+            return Fault.CALLER
+        if isinstance(exc, TimeoutError | ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+            return Fault.INDETERMINATE
+        if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
+            return Fault.INDETERMINATE
+        return Fault.CALLER
+
+    def describe(self, exc: BaseException) -> tuple[str, str | None]:
+        """``(error.type, db.response.status_code)``: the class name and the RESP error code, if any."""
+        if isinstance(exc, ConnectFailed):
+            exc = exc.original
+        return type(exc).__name__, error_code(exc)

@@ -1,0 +1,527 @@
+"""RedisClient: redis.asyncio behind the SDK's resilient, instrumented pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import redis.asyncio as aioredis
+import redis.asyncio.client as rclient
+import redis.exceptions as rex
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import TracerProvider
+
+from ..resilience.breaker import CircuitBreaker
+from ..resilience.faults import RequestNotSent
+from ..resilience.pipeline import Pipeline
+from ..settings import RedisSettings
+from ..telemetry import names
+from ..telemetry.client import ClientTelemetry
+from ..telemetry.instruments import PoolStats
+from . import streams
+from .bulk import BulkAppender
+from .classify import ConnectFailed, RedisErrors, error_code
+from .pool import BLOCK_SECONDS, Commands, Pools, connection_kwargs
+from .streams import ClaimResult, Fields, StreamEntry
+
+T = TypeVar("T")
+Key = str | bytes
+Value = bytes | str | int | float
+
+
+class RedisClient:
+    """An async Redis client: one pool, one circuit breaker, retries, spans and metrics for every call.
+
+    Use it as ``async with RedisClient(settings) as r:`` (run-once tasks) or ``await r.connect()`` /
+    ``await r.close()`` (daemons). ``connect()`` is an idempotent get-or-create that concurrent callers share and
+    that opens one connection (a wrong password fails there, fast); any call connects on demand; ``close()`` is
+    idempotent and bounded, and the client can be used again after it. There is no PING before commands.
+
+    Values are bytes in, bytes out (``decode_responses`` is off): any bytes round-trip. Commands that may be
+    re-sent after their request may have reached the server: reads, SET (without NX), DEL, EXPIRE, HSET, XACK,
+    XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XADD with an explicit ID, and ``xadd_bulk``. INCR, LPUSH, BRPOP,
+    PUBLISH, SET NX and XADD ``*`` are not: a connection failure after sending raises
+    :class:`~trading_shared.errors.OutcomeUnknownError`. Any command whose connection could not even be opened is
+    retried. Blocking reads (BRPOP, XREADGROUP BLOCK) use a pool of their own whose read timeout is the block time
+    plus ``socket_timeout``.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else RedisSettings()
+        host, port, db = self.settings.target()
+        self._telemetry = ClientTelemetry(
+            system=names.SYSTEM_REDIS,
+            pool_name=self.settings.name,
+            namespace=str(db),
+            address=host,
+            port=port,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            record_exceptions=False,  # Redis error messages can quote keys (NOGROUP) or arguments
+        )
+        self._kwargs = connection_kwargs(self.settings, self._telemetry.pool_create)  # ConfigurationError here
+        self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
+        self._pipeline = Pipeline(
+            retry=self.settings.retry, breaker=self.breaker, errors=RedisErrors(), telemetry=self._telemetry
+        )
+        self._pools: Pools | None = None
+        self._lock = asyncio.Lock()
+        self._write_slots = asyncio.Semaphore(self.settings.write_concurrency_limit)
+        self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
+
+    def __repr__(self) -> str:
+        host, port, db = self.settings.target()
+        state = "connected" if self._pools is not None else "not connected"
+        return f"<{type(self).__name__} {self.settings.name!r} {host}:{port}/{db} {state}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------------
+    async def connect(self) -> Self:
+        """Create the pool if there is none (concurrent callers share one) and open one connection."""
+        if self._pools is None:
+            async with self._lock:
+                if self._pools is None:
+                    pools = Pools(self._kwargs, self.settings)
+                    try:
+                        await self._pipeline.call(
+                            "connect", self._attempt(pools, lambda _: pools.open_one()), idempotent=True
+                        )
+                    except BaseException:
+                        await pools.close(1.0)
+                        raise
+                    self._pools = pools
+                    self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
+        return self
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Disconnect every pooled connection within ``timeout`` seconds. Idempotent.
+
+        Calls still in flight fail (their connections are closed under them) and are not re-sent: a retry of one
+        raises RuntimeError. Any later call, or ``connect()``, opens a new pool.
+        """
+        async with self._lock:
+            pools, self._pools = self._pools, None
+            if pools is not None:
+                await pools.close(timeout)
+            self._pipeline.close()
+            self._telemetry.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def connection_pool(self) -> aioredis.ConnectionPool | None:
+        """The main redis-py pool (None until connected). Commands sent through it bypass retries and telemetry."""
+        return self._pools.main.connection_pool if self._pools is not None else None
+
+    # -- keys and hashes -------------------------------------------------------------------------------------------
+    async def get(self, key: Key) -> bytes | None:
+        """GET: the value, or None."""
+        result: bytes | None = await self._call("GET", lambda r: r.execute_command("GET", key), idempotent=True)
+        return result
+
+    async def set(
+        self,
+        key: Key,
+        value: Value,
+        *,
+        ex: int | None = None,
+        px: int | None = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> bool:
+        """SET with optional expiry (``ex`` seconds or ``px`` ms) and NX/XX; True when the value was set.
+
+        SET NX is not re-sent after its request may have reached the server: a re-send would answer "not set"
+        for a value this very call set, so it raises OutcomeUnknownError instead.
+        """
+        args: list[Any] = ["SET", key, value]
+        if ex is not None and px is not None:
+            raise ValueError("give ex or px, not both")
+        if nx and xx:
+            raise ValueError("give nx or xx, not both")
+        for unit, amount in (("EX", ex), ("PX", px)):
+            if amount is not None:
+                if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+                    raise ValueError(f"{unit.lower()} must be a positive int")
+                args += [unit, amount]
+        if nx:
+            args.append("NX")
+        if xx:
+            args.append("XX")
+        result = await self._call("SET", lambda r: r.execute_command(*args), idempotent=not nx)
+        return bool(result)
+
+    async def delete(self, *keys: Key) -> int:
+        """DEL: how many of ``keys`` existed (after a retried lost reply the count may be lower than the truth)."""
+        if not keys:
+            return 0
+        return int(await self._call("DEL", lambda r: r.execute_command("DEL", *keys), idempotent=True))
+
+    async def expire(self, key: Key, seconds: int) -> bool:
+        """EXPIRE: True when the key exists and now expires in ``seconds``."""
+        return bool(await self._call("EXPIRE", lambda r: r.execute_command("EXPIRE", key, seconds), idempotent=True))
+
+    async def hset(
+        self,
+        key: Key,
+        field: Key | None = None,
+        value: Value | None = None,
+        *,
+        mapping: Mapping[Key, Value] | None = None,
+    ) -> int:
+        """HSET one ``field``/``value`` and/or a ``mapping``; returns the number of fields that were new."""
+        items: list[Any] = []
+        if field is not None:
+            if value is None:
+                raise ValueError("value is required with field")
+            items += [field, value]
+        for k, v in (mapping or {}).items():
+            items += [k, v]
+        if not items:
+            raise ValueError("hset needs a field and value or a non-empty mapping")
+        return int(await self._call("HSET", lambda r: r.execute_command("HSET", key, *items), idempotent=True))
+
+    async def hget(self, key: Key, field: Key) -> bytes | None:
+        """HGET: the field's value, or None."""
+        result: bytes | None = await self._call(
+            "HGET", lambda r: r.execute_command("HGET", key, field), idempotent=True
+        )
+        return result
+
+    async def hgetall(self, key: Key) -> dict[bytes, bytes]:
+        """HGETALL: every field and value (empty when the key does not exist)."""
+        raw = await self._call("HGETALL", lambda r: r.execute_command("HGETALL", key), idempotent=True)
+        if isinstance(raw, dict):
+            return raw
+        return dict(zip(raw[::2], raw[1::2], strict=True))
+
+    async def incr(self, key: Key, amount: int = 1) -> int:
+        """INCR / INCRBY: the new value. Never re-sent once its request may have reached the server."""
+        if amount == 1:
+            return int(await self._call("INCR", lambda r: r.execute_command("INCR", key), idempotent=False))
+        return int(await self._call("INCRBY", lambda r: r.execute_command("INCRBY", key, amount), idempotent=False))
+
+    # -- lists and pub/sub --------------------------------------------------------------------------------------------
+    async def lpush(self, key: Key, *values: Value) -> int:
+        """LPUSH: the list's new length. Never re-sent once its request may have reached the server."""
+        if not values:
+            raise ValueError("lpush needs at least one value")
+        return int(await self._call("LPUSH", lambda r: r.execute_command("LPUSH", key, *values), idempotent=False))
+
+    async def brpop(self, keys: Key | Sequence[Key], timeout: float) -> tuple[bytes, bytes] | None:
+        """BRPOP: ``(list, value)`` popped from the first non-empty list, or None after ``timeout`` seconds.
+
+        ``timeout`` must be > 0 (loop for longer waits). Not re-sent once its request may have reached the server:
+        a lost reply may have popped an element (use an LMOVE-based reliable queue when that matters).
+        """
+        if isinstance(timeout, bool) or not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+        names_ = [keys] if isinstance(keys, str | bytes) else list(keys)
+        result = await self._call(
+            "BRPOP", lambda r: r.execute_command("BRPOP", *names_, timeout), idempotent=False, blocking=timeout
+        )
+        return (result[0], result[1]) if result else None
+
+    async def publish(self, channel: Key, message: Value) -> int:
+        """PUBLISH: how many subscribers received it. Never re-sent (that would deliver it twice)."""
+        return int(
+            await self._call("PUBLISH", lambda r: r.execute_command("PUBLISH", channel, message), idempotent=False)
+        )
+
+    # -- streams -----------------------------------------------------------------------------------------------------
+    async def xadd(
+        self,
+        stream: Key,
+        fields: Fields,
+        *,
+        id: str | bytes = "*",
+        maxlen: int | None = None,
+        approximate: bool = True,
+    ) -> bytes:
+        """XADD one entry; returns its ID.
+
+        With ``id="*"`` the server assigns the ID and a failure after sending raises OutcomeUnknownError. With an
+        explicit ``<ms>-<seq>`` ID the call is safe to re-send: a retry adds the entry only if it is not there yet.
+        """
+        streams.check_maxlen(maxlen)
+        args = streams.xadd_args(fields, id, maxlen, approximate)
+        if not streams.is_explicit_id(id):
+            result = await self._call("XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False)
+            return bytes(result)
+        tries = 0
+
+        async def add(r: Commands) -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                return await r.execute_command("XADD", stream, *args)
+            return await streams.XADD_IF_ABSENT.run(r, [streams.as_key(stream)], [id, *args])
+
+        return bytes(await self._call("XADD", add, idempotent=True))
+
+    async def xadd_bulk(
+        self,
+        stream: Key,
+        messages: Sequence[Fields],
+        maxlen: int | None = None,
+        *,
+        approximate: bool = True,
+        chunk_size: int = 500,
+        dead_letter: bool = True,
+        dedupe_ttl: int = streams.DEFAULT_DEDUPE_TTL,
+    ) -> int:
+        """Append ``messages`` to ``stream`` in order, in chunks, without duplicates; returns how many were added.
+
+        Each chunk is one atomic script call, safe to re-send (see :mod:`trading_shared.redis.streams`); chunks of
+        one call are written in order and at most ``write_concurrency_limit`` chunks of the client are in flight.
+        If a chunk still fails after retries, writing stops, the unwritten messages are copied to ``dlq:<stream>``
+        (when ``dead_letter`` and the server takes them) and :class:`~trading_shared.errors.BulkWriteError` names
+        the input indexes not written, of unknown outcome, and dead-lettered. Messages are validated first: a bad
+        one raises ValueError/TypeError before anything is sent.
+        """
+        appender = BulkAppender(
+            lambda op, fn: self._call(op, fn, idempotent=True),
+            self._write_slots,
+            self._telemetry,
+            stream=stream,
+            messages=messages,
+            maxlen=maxlen,
+            approximate=approximate,
+            chunk_size=chunk_size,
+            dead_letter=dead_letter,
+            dedupe_ttl=dedupe_ttl,
+        )
+        return await appender.run()
+
+    async def ensure_consumer_group(
+        self, stream: Key, group: Key, *, start_id: str | bytes = "0", mkstream: bool = True
+    ) -> bool:
+        """Create consumer ``group`` on ``stream`` (and the stream, with ``mkstream``); False if it already existed.
+
+        ``start_id="0"`` (default) delivers the entries already in the stream too, so none written before the group
+        existed is skipped; pass ``"$"`` for new entries only.
+        """
+        return bool(
+            await self._call(
+                "XGROUP CREATE", lambda r: _create_group(r, stream, group, start_id, mkstream), idempotent=True
+            )
+        )
+
+    async def read_stream_messages(
+        self,
+        stream: Key,
+        group: Key,
+        consumer: Key,
+        *,
+        count: int = 100,
+        block_ms: int | None = None,
+        start_id: str | bytes = ">",
+        recreate_from: str | bytes = "0",
+    ) -> list[StreamEntry]:
+        """XREADGROUP: up to ``count`` entries for ``consumer`` (``start_id=">"``: never delivered before).
+
+        ``block_ms`` > 0 waits that long for entries (neither cut by the socket timeout nor counted as a failure).
+        A missing group (NOGROUP, e.g. after a restart without persistence) is recreated from ``recreate_from``
+        and the read repeated. Safe to re-send: entries delivered by a lost reply stay pending for this consumer
+        (read them with ``start_id="0"`` or claim them with :meth:`xautoclaim_stale_messages`).
+        """
+        if block_ms is not None and (isinstance(block_ms, bool) or block_ms <= 0):
+            raise ValueError("block_ms must be > 0 or None")
+        args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        args += ["STREAMS", stream, start_id]
+
+        async def read(r: Commands) -> Any:
+            try:
+                return await r.execute_command(*args)
+            except rex.ResponseError as exc:
+                if error_code(exc) != "NOGROUP":
+                    raise
+            await _create_group(r, stream, group, recreate_from, True)
+            return await r.execute_command(*args)
+
+        blocking = block_ms / 1000 if block_ms is not None else None
+        raw = await self._call("XREADGROUP", read, idempotent=True, blocking=blocking)
+        return streams.entries(raw[0][1]) if raw else []
+
+    async def acknowledge_message(self, stream: Key, group: Key, *ids: str | bytes) -> int:
+        """XACK: how many of ``ids`` were pending and are now acknowledged."""
+        if not ids:
+            return 0
+        return int(await self._call("XACK", lambda r: r.execute_command("XACK", stream, group, *ids), idempotent=True))
+
+    async def xautoclaim_stale_messages(
+        self,
+        stream: Key,
+        group: Key,
+        consumer: Key,
+        *,
+        min_idle_ms: int,
+        count: int = 100,
+        start_id: str | bytes = "0-0",
+    ) -> ClaimResult:
+        """XAUTOCLAIM: take over entries pending longer than ``min_idle_ms`` in other consumers.
+
+        Re-sent after a lost reply, the second claim finds the entries already idle-reset and owned by
+        ``consumer``: they stay pending there and are claimed again once idle, so none is lost.
+        """
+        raw = await self._call(
+            "XAUTOCLAIM",
+            lambda r: r.execute_command("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start_id, "COUNT", count),
+            idempotent=True,
+        )
+        deleted = list(raw[2]) if len(raw) > 2 else []
+        return ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
+
+    # -- pipelines and anything else -----------------------------------------------------------------------------------
+    async def run_pipeline(
+        self,
+        build: Callable[[rclient.Pipeline], object],
+        *,
+        transaction: bool = False,
+        idempotent: bool = False,
+        raise_on_error: bool = True,
+    ) -> list[Any]:
+        """Queue commands with ``build(pipe)`` (e.g. ``lambda p: p.set("a", 1).incr("n")``), send them in one round
+        trip (inside MULTI/EXEC with ``transaction``) and return the replies in order.
+
+        ``build`` runs once; the queued commands are re-sent as a whole after a failure only if the connection
+        could not be opened, or if ``idempotent`` says every command in it is safe to repeat. With
+        ``raise_on_error`` the first error reply is raised (outside a transaction the other commands were applied);
+        otherwise error replies are returned in place. WATCH is not supported. Telemetry names the call
+        ``PIPELINE <COMMAND>`` (``MULTI <COMMAND>``) when all commands are the same, else ``PIPELINE`` (``MULTI``).
+        """
+        pools = await self._connected()
+        recorder = pools.main.pipeline(transaction=False)
+        build(recorder)
+        stack = [(tuple(args), dict(options)) for args, options in recorder.command_stack]
+        if not stack:
+            return []
+        prefix = "MULTI" if transaction else "PIPELINE"
+        commands = {_command_name(args[0]) for args, _ in stack}
+        operation = f"{prefix} {commands.pop()}" if len(commands) == 1 else prefix
+        replies: list[Any] = await self._call(
+            operation,
+            lambda r: r.execute_stack(stack, transaction=transaction, raise_on_error=raise_on_error),
+            idempotent=idempotent,
+        )
+        return replies
+
+    async def run(
+        self,
+        operation: str,
+        fn: Callable[[aioredis.Redis], Awaitable[T]],
+        *,
+        idempotent: bool,
+        blocking: float | None = None,
+    ) -> T:
+        """Run ``fn(redis)`` through the pipeline, for commands the client lacks.
+
+        ``redis`` is a ``redis.asyncio.Redis`` on the SDK's pool whose commands each make one attempt (no driver
+        retries). ``operation`` names the call in telemetry: the command in upper case, low-cardinality.
+        ``idempotent`` says it may be re-sent after its request may have reached the server. ``blocking``
+        (seconds) runs it on the blocking pool, with the deadline and the read timeout widened by that much.
+        """
+        return await self._call(operation, fn, idempotent=idempotent, blocking=blocking)
+
+    # -- internals -------------------------------------------------------------------------------------------------
+    async def _call(
+        self,
+        operation: str,
+        fn: Callable[[Commands], Awaitable[T]],
+        *,
+        idempotent: bool,
+        blocking: float | None = None,
+    ) -> T:
+        pools = self._pools or await self._connected()
+        if blocking is None:
+            return await self._pipeline.call(operation, self._attempt(pools, fn), idempotent=idempotent)
+        attempt = self._attempt(pools, fn, blocking)
+        return await self._pipeline.call(operation, attempt, idempotent=idempotent, extra_time=blocking)
+
+    async def _connected(self) -> Pools:
+        await self.connect()
+        pools = self._pools
+        if pools is None:  # closed again by a concurrent close()
+            raise RuntimeError("RedisClient was closed during connect()")
+        return pools
+
+    def _attempt(
+        self, pools: Pools, fn: Callable[[Commands], Awaitable[T]], blocking: float | None = None
+    ) -> Callable[[], Awaitable[T]]:
+        telemetry = self._telemetry
+
+        async def attempt() -> T:
+            if pools.closed:
+                raise RuntimeError("RedisClient was closed while this call was in flight")
+            try:
+                if blocking is None:
+                    return await fn(pools.main)
+                token = BLOCK_SECONDS.set(blocking)
+                try:
+                    return await fn(pools.blocking())
+                finally:
+                    BLOCK_SECONDS.reset(token)
+            except ConnectFailed as exc:  # the connection could not be opened: nothing was sent
+                raise RequestNotSent(exc.original) from exc.original
+            except rex.MaxConnectionsError:
+                telemetry.pool_timeout()
+                raise
+
+        return attempt
+
+    def _pool_stats(self) -> PoolStats | None:
+        pools = self._pools
+        return pools.stats() if pools is not None else None
+
+    def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
+        return [(self._telemetry.pool_attributes, self.breaker.state.value)]
+
+
+class CustomRedisClient(RedisClient):
+    """Deprecated alias of :class:`RedisClient`, kept for services written against the replaced client."""
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        warnings.warn("CustomRedisClient is deprecated; use RedisClient", DeprecationWarning, stacklevel=2)
+        super().__init__(settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
+
+
+async def _create_group(r: Commands, stream: Key, group: Key, start_id: str | bytes, mkstream: bool) -> bool:
+    """XGROUP CREATE; an existing group (BUSYGROUP) is success, reported as False."""
+    args: list[Any] = ["XGROUP", "CREATE", stream, group, start_id]
+    if mkstream:
+        args.append("MKSTREAM")
+    try:
+        await r.execute_command(*args)
+    except rex.ResponseError as exc:
+        if error_code(exc) == "BUSYGROUP":
+            return False
+        raise
+    return True
+
+
+def _command_name(arg: Any) -> str:
+    """The command word of a queued command (redis-py queues e.g. ``"XGROUP CREATE"`` as one argument)."""
+    text = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+    return text.split(" ", 1)[0].upper()

@@ -1,0 +1,80 @@
+"""Connection classes the SDK's pools use: connect-phase failures are marked, connect time is measured.
+
+redis-py raises the same ``ConnectionError`` whether a command's reply was lost after the server applied it or the
+socket could not even be opened. Only the second proves the command was never sent, and only the connection knows
+which phase it was in. These subclasses re-raise every network failure of ``connect`` (TCP connect, TLS, the
+AUTH/SELECT handshake) as :class:`~.classify.ConnectFailed`, so a non-idempotent command whose connection could not
+be opened may still be retried. Authentication and other errors the server answered with pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio.connection as rconn
+import redis.exceptions as rex
+
+from .classify import ConnectFailed
+
+#: Connection keyword argument carrying the callback that receives each successful connect's duration.
+ON_CONNECTED = "ts_on_connected"
+
+
+class _PhaseMixin:
+    """Marks connect-phase failures and reports connect durations. Mixed into redis-py's connection classes."""
+
+    is_connected: bool
+    _ts_on_connected: Callable[[float], None] | None
+
+    def _ts_init(self, kwargs: dict[str, Any]) -> None:
+        self._ts_on_connected = kwargs.pop(ON_CONNECTED, None)
+
+    async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        """Open the connection (redis-py's logic); network failures come out as ConnectFailed."""
+        if self.is_connected:
+            return
+        started = time.perf_counter()
+        try:
+            await super().connect_check_health(  # type: ignore[misc]
+                check_health=check_health, retry_socket_connect=retry_socket_connect
+            )
+        except (rex.AuthenticationError, rex.AuthorizationError, rex.ExternalAuthProviderError, ConnectFailed):
+            raise
+        except (rex.ConnectionError, rex.TimeoutError) as exc:
+            raise ConnectFailed(exc) from exc
+        if self._ts_on_connected is not None:  # ClientTelemetry.pool_create never raises
+            self._ts_on_connected(time.perf_counter() - started)
+
+
+class Connection(_PhaseMixin, rconn.Connection):
+    """TCP connection (``redis://``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._ts_init(kwargs)
+        super().__init__(**kwargs)
+
+
+class SSLConnection(_PhaseMixin, rconn.SSLConnection):
+    """TLS connection (``rediss://``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._ts_init(kwargs)
+        super().__init__(**kwargs)
+
+
+class UnixDomainSocketConnection(_PhaseMixin, rconn.UnixDomainSocketConnection):
+    """Unix socket connection (``unix://``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._ts_init(kwargs)
+        super().__init__(**kwargs)
+
+
+#: redis-py's connection class (as ``parse_url`` returns it) -> the SDK's subclass.
+SDK_CLASSES: dict[type[rconn.AbstractConnection], type[rconn.AbstractConnection]] = {
+    rconn.Connection: Connection,
+    rconn.SSLConnection: SSLConnection,
+    rconn.UnixDomainSocketConnection: UnixDomainSocketConnection,
+}

@@ -1,0 +1,206 @@
+"""Streams: bulk XADD without duplicates, explicit-ID XADD that is safe to re-send, dead-lettering, entry types.
+
+Bulk XADD, the no-duplicate design
+----------------------------------
+Each chunk of messages is ONE call of a Lua script that first checks a dedupe key made of the stream name and a
+random per-chunk token, and if it is absent runs the chunk's XADDs and sets the key (with a TTL) in the same atomic
+step. A script runs atomically, so a chunk is applied entirely or not at all, and a chunk re-sent after its reply was
+lost finds its key and returns the stored count without adding anything. Hence the chunk call is idempotent by
+construction and the pipeline may re-send it after any connection failure.
+
+Why not explicit entry IDs (re-sent entries rejected as "equal or smaller than the top item")? That needs exactly
+one writer per stream that owns the ID sequence and a clock that never steps back, and the rejection is only
+recognisable by its message text. The script works with any number of writers, keeps server-assigned IDs, and costs
+one small key per chunk (not per message) for ``dedupe_ttl`` seconds.
+
+Limits: re-sends are recognised for ``dedupe_ttl`` seconds (default 600, far beyond a call's retry deadline); the
+script needs Redis >= 7.0 (``#!lua`` shebang: refused at its start when the server is out of memory, never half
+run); chunks of one call are written one after another so the messages land in the order given, contiguous per
+chunk (other writers' entries may fall between chunks); a chunk's keys are the stream and its dedupe key, which
+share a hash slot (``{stream}`` tag) as long as the stream name has no braces of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import redis.exceptions as rex
+
+from .pool import Commands, encode, pack
+
+#: A stream message: field -> value. Values are bytes (stored as is), str (UTF-8), int or float.
+Fields = Mapping[str | bytes, bytes | str | int | float]
+
+DLQ_PREFIX = b"dlq:"
+DEFAULT_DEDUPE_TTL = 600
+
+
+class StreamEntry(NamedTuple):
+    """One stream entry as read back: its ID and fields (bytes; empty when the entry was deleted while pending)."""
+
+    id: bytes
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    """What XAUTOCLAIM returned: the cursor for the next call, the claimed entries, IDs deleted while pending."""
+
+    next_id: bytes
+    messages: list[StreamEntry]
+    deleted_ids: list[bytes]
+
+
+class LuaScript:
+    """A script run with EVALSHA, falling back to EVAL when the server does not have it cached (NOSCRIPT)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    async def run(self, commands: Commands, keys: Sequence[bytes], args: Sequence[Any]) -> Any:
+        """Run the script. NOSCRIPT means it did not run, so sending it again in full is safe."""
+        try:
+            return await commands.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except rex.NoScriptError:
+            return await commands.execute_command("EVAL", self.source, len(keys), *keys, *args)
+
+    async def run_packed(
+        self, commands: Commands, keys: Sequence[bytes], args: Sequence[Any], body: bytes, body_args: int
+    ) -> Any:
+        """Like :meth:`run`, with ``body`` (``body_args`` arguments, already packed by :func:`pack`) after ``args``."""
+        head = [len(keys), *keys, *args]
+        try:
+            return await commands.execute_packed("EVALSHA", [self.sha, *head], body, body_args)
+        except rex.NoScriptError:
+            return await commands.execute_packed("EVAL", [self.source, *head], body, body_args)
+
+
+#: KEYS: stream, dedupe key. ARGV: ttl, maxlen ('' for none), '1' for approximate trimming, then per message
+#: the number of field/value items followed by them. Returns how many entries the chunk added.
+BULK_XADD = LuaScript(
+    """#!lua
+local done = redis.call('GET', KEYS[2])
+if done then return tonumber(done) end
+local head = {KEYS[1]}
+if ARGV[2] ~= '' then
+  head[#head + 1] = 'MAXLEN'
+  if ARGV[3] == '1' then head[#head + 1] = '~' end
+  head[#head + 1] = ARGV[2]
+end
+head[#head + 1] = '*'
+local width = #head
+local added = 0
+local i = 4
+local argc = #ARGV
+while i <= argc do
+  local items = tonumber(ARGV[i])
+  local cmd = {}
+  for h = 1, width do cmd[h] = head[h] end
+  for j = 1, items do cmd[width + j] = ARGV[i + j] end
+  redis.call('XADD', unpack(cmd))
+  added = added + 1
+  i = i + items + 1
+end
+redis.call('SET', KEYS[2], added, 'EX', tonumber(ARGV[1]))
+return added
+"""
+)
+
+#: KEYS: stream. ARGV: the entry ID, then XADD's arguments after the key. Adds the entry unless it exists already.
+XADD_IF_ABSENT = LuaScript(
+    """#!lua
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found > 0 then return ARGV[1] end
+return redis.call('XADD', KEYS[1], unpack(ARGV, 2))
+"""
+)
+
+
+def as_key(name: str | bytes) -> bytes:
+    """A key name as bytes (str is UTF-8 encoded)."""
+    return name if isinstance(name, bytes) else name.encode()
+
+
+def dedupe_key(stream: bytes, token: bytes) -> bytes:
+    """The dedupe key of one chunk: same hash slot as the stream (``{stream}``)."""
+    return b"ts:xadd:{" + stream + b"}:" + token
+
+
+def new_token() -> bytes:
+    """A random chunk token (128 bits, hex)."""
+    return os.urandom(16).hex().encode()
+
+
+def items(fields: Fields, index: int) -> list[bytes]:
+    """``[f1, v1, f2, v2, ...]`` of one message, encoded; validates it before any I/O (ValueError / TypeError)."""
+    if not fields:
+        raise ValueError(f"message {index} has no fields (XADD needs at least one)")
+    out: list[bytes] = []
+    for field, value in fields.items():
+        if not isinstance(field, str | bytes):
+            raise TypeError(f"message {index}: field names must be str or bytes")
+        if isinstance(value, bool) or not isinstance(value, bytes | str | int | float):
+            raise TypeError(f"message {index}: values must be bytes, str, int or float")
+        out.append(encode(field))
+        out.append(encode(value))
+    return out
+
+
+def pack_message(fields: Fields, index: int) -> tuple[bytes, int]:
+    """One message as the bulk script reads it: RESP of ``[n, f1, v1, ...]`` and its argument count.
+
+    redis-py packs every argument of every command in Python, which is most of a bulk append's client time; each
+    message is packed here once, and a chunk is then one join of its messages.
+    """
+    encoded = items(fields, index)
+    return pack([b"%d" % len(encoded), *encoded]), len(encoded) + 1
+
+
+def xadd_args(fields: Fields, entry_id: str | bytes, maxlen: int | None, approximate: bool) -> list[Any]:
+    """XADD's arguments after the key."""
+    args: list[Any] = []
+    if maxlen is not None:
+        args += ["MAXLEN", "~", maxlen] if approximate else ["MAXLEN", maxlen]
+    args.append(entry_id)
+    args += items(fields, 0)
+    return args
+
+
+def is_explicit_id(entry_id: str | bytes) -> bool:
+    """Whether ``entry_id`` is a complete ``<ms>-<seq>`` ID (re-sending it cannot add a second entry)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, sep, seq = text.partition("-")
+    return bool(sep) and ms.isdigit() and seq.isdigit()
+
+
+def check_maxlen(maxlen: int | None) -> None:
+    """Reject a negative MAXLEN before any I/O."""
+    if maxlen is not None and (isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 0):
+        raise ValueError("maxlen must be a non-negative int or None")
+
+
+def entries(raw: Any) -> list[StreamEntry]:
+    """Convert redis-py's parsed entry list (``[(id, {field: value} | None), ...]``)."""
+    out: list[StreamEntry] = []
+    for entry_id, fields in raw or ():
+        if entry_id is not None:
+            out.append(StreamEntry(entry_id, dict(fields) if fields else {}))
+    return out
+
+
+def dead_letter_fields(stream: bytes, index: int, outcome: bytes, error: str, token: bytes, fields: Fields) -> Fields:
+    """A dead-lettered message: ``dlq.*`` metadata first, then the message's own fields."""
+    meta: dict[str | bytes, bytes | str | int | float] = {
+        b"dlq.stream": stream,
+        b"dlq.index": index,
+        b"dlq.outcome": outcome,
+        b"dlq.error": error,
+        b"dlq.token": token,
+    }
+    meta.update(fields)
+    return meta
