@@ -37,7 +37,9 @@ async def test_bulk_100k_with_a_lost_reply_in_the_middle_lands_exactly_once_in_o
 ) -> None:
     total = 100_000
     messages = [{"seq": i, "sym": "BTC-USD", "px": 101.25, "raw": b"\x00\xff"} for i in range(total)]
-    async with make_proxied() as r:
+    # Generous timeouts: 1,000-message chunks through the proxy on a loaded 2-core machine can take over a second.
+    patient = {"max_attempts": 4, "initial_backoff": 0.02, "max_backoff": 0.1, "deadline": 20.0}
+    async with make_proxied(socket_timeout=5.0, retry=patient) as r:
         task = asyncio.create_task(r.xadd_bulk("md:trades", messages, chunk_size=1000))
         raw = aioredis.from_url(redis_url)
 
