@@ -14,9 +14,11 @@ from .errors import (
     ServiceUnavailableError,
     TradingSharedError,
 )
+from .lifecycle import ManagedClient, Resources
 from .postgres import PostgresClient
 from .redis import CustomRedisClient, RedisClient
 from .resilience import BreakerState, set_testing
+from .service import Service, run_service
 from .settings import BreakerSettings, PostgresSettings, RedisSettings, RetrySettings
 
 __all__ = [
@@ -27,14 +29,18 @@ __all__ = [
     "ConfigurationError",
     "CustomRedisClient",
     "DeadlineExceededError",
+    "ManagedClient",
     "OutcomeUnknownError",
     "PoolExhaustedError",
     "PostgresClient",
     "PostgresSettings",
     "RedisClient",
     "RedisSettings",
+    "Resources",
     "RetrySettings",
+    "Service",
     "ServiceUnavailableError",
     "TradingSharedError",
+    "run_service",
     "set_testing",
 ]
