@@ -1,4 +1,4 @@
-"""The quick start of docs/quickstart.md runs exactly as written, against the private servers."""
+"""The quick start of README.md runs exactly as written, against the private servers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from example_runner import ROOT, example_env, run_example
 
-DOC = ROOT / "docs" / "quickstart.md"
+DOC = ROOT / "README.md"
 MARKER = "<!-- quickstart:"
 
 
