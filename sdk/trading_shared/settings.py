@@ -8,11 +8,12 @@ print a password.
 
 from __future__ import annotations
 
-from typing import Literal, Self
+import json
+from typing import Annotated, Literal, Self
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -81,10 +82,25 @@ class PostgresSettings(BaseSettings):
     command_timeout: float | None = Field(default=10.0, gt=0, description="Seconds one statement may run.")
     connect_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to open one connection.")
     acquire_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to wait for a pooled connection.")
-    statement_cache_size: int = Field(default=100, ge=0, description="0 behind PgBouncer transaction pooling.")
+    statement_cache_size: int = Field(
+        default=100, ge=0, description="Prepared statements cached per connection; forced to 0 by pooler='transaction'."
+    )
+    pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="'transaction' when the DSN points at a transaction-pooling proxy (PgBouncer pool_mode="
+        "transaction): no prepared-statement cache and no session reset query on release.",
+    )
     application_name: str = Field(default="trading-shared", max_length=63)
     ssl: _SSL_MODES | None = Field(default=None, description="libpq sslmode; None leaves the DSN's choice.")
     statement_spans: bool = Field(default=False, description="Child span per SQL statement (instrumentation-asyncpg).")
+    replica_dsn: SecretStr | None = Field(
+        default=None,
+        description="DSN of a read replica (or a host list with target_session_attrs=prefer-standby) for reads "
+        "sent with replica=True; it gets its own pool and breaker. None: those reads go to the primary.",
+    )
+    replica_fallback: bool = Field(
+        default=True, description="Send a replica read to the primary when the replica cannot serve it."
+    )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
 
@@ -94,7 +110,16 @@ class PostgresSettings(BaseSettings):
             raise ValueError("min_size must be <= max_size")
         if self.dsn is not None:
             _parse_postgres_dsn(self.dsn.get_secret_value())
+        if self.replica_dsn is not None:
+            _parse_postgres_dsn(self.replica_dsn.get_secret_value())
+        explicit_cache = "statement_cache_size" in self.model_fields_set and self.statement_cache_size > 0
+        if self.pooler == "transaction" and explicit_cache:
+            raise ValueError("statement_cache_size must be 0 behind a transaction pooler (pooler='transaction')")
         return self
+
+    def effective_statement_cache_size(self) -> int:
+        """The prepared-statement cache size asyncpg gets: 0 behind a transaction pooler."""
+        return 0 if self.pooler == "transaction" else self.statement_cache_size
 
     def resolved_dsn(self) -> SecretStr:
         """The DSN asyncpg connects with: ``dsn`` when given, else one built from the parts."""
@@ -142,7 +167,13 @@ def _port(text: str) -> int:
 
 
 class RedisSettings(BaseSettings):
-    """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``)."""
+    """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``).
+
+    ``mode`` picks the deployment (docs/deployments-redis.md): ``standalone`` (the url's server), ``sentinel``
+    (``sentinels`` + ``service_name``; the url gives scheme, credentials and db, its host is not used) or
+    ``cluster`` (``cluster_nodes``, or the url's host and port, as startup nodes). Settings of another mode are
+    rejected, naming the field.
+    """
 
     model_config = SettingsConfigDict(
         env_prefix="REDIS_",
@@ -160,21 +191,107 @@ class RedisSettings(BaseSettings):
     socket_timeout: float = Field(default=5.0, gt=0, le=600, description="Seconds to wait for one reply.")
     socket_connect_timeout: float = Field(default=2.0, gt=0, le=600)
     write_concurrency_limit: int = Field(default=4, ge=1, le=1000, description="Concurrent bulk-write chunks.")
+    mode: Literal["standalone", "sentinel", "cluster"] = Field(
+        default="standalone",
+        description="standalone: the url's server. sentinel: the master of service_name, found through sentinels. "
+        "cluster: a Redis Cluster, discovered from cluster_nodes (or the url's host and port).",
+    )
+    sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="mode=sentinel: the sentinels as host:port (env: comma-separated or a JSON list).",
+    )
+    service_name: str | None = Field(
+        default=None, min_length=1, max_length=256, description="mode=sentinel: the master name the sentinels monitor."
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None, description="mode=sentinel: the sentinels' own password (requirepass), if they have one."
+    )
+    cluster_nodes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="mode=cluster: startup nodes as host:port (env: comma-separated or a JSON list); default: the "
+        "url's host and port. Any one reachable node is enough to discover the others.",
+    )
+    wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Replicas that must confirm each write (WAIT) before it counts as done; 0: no WAIT. A write "
+        "confirmed by fewer fails as outcome-unknown (see docs/deployments-redis.md).",
+    )
+    wait_timeout: float = Field(
+        default=0.5, gt=0, le=60, description="Seconds WAIT may take; must be below socket_timeout."
+    )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
 
+    @field_validator("sentinels", "cluster_nodes", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("must be host:port items, comma-separated or as a JSON list") from None
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _parse_redis_url(self.url.get_secret_value())
+        scheme = _parse_redis_url(self.url.get_secret_value())[3]
+        for field in ("sentinels", "cluster_nodes"):
+            for address in getattr(self, field):
+                _parse_address(address, field)
+        if self.mode != "sentinel":
+            if self.sentinels:
+                raise ValueError(f"sentinels: only used with mode='sentinel' (mode is {self.mode!r})")
+            if self.service_name is not None:
+                raise ValueError(f"service_name: only used with mode='sentinel' (mode is {self.mode!r})")
+            if self.sentinel_password is not None:
+                raise ValueError(f"sentinel_password: only used with mode='sentinel' (mode is {self.mode!r})")
+        if self.mode != "cluster" and self.cluster_nodes:
+            raise ValueError(f"cluster_nodes: only used with mode='cluster' (mode is {self.mode!r})")
+        if self.mode == "sentinel":
+            if not self.sentinels:
+                raise ValueError("sentinels: mode='sentinel' needs at least one sentinel host:port")
+            if self.service_name is None:
+                raise ValueError("service_name: mode='sentinel' needs the master name the sentinels monitor")
+        if self.mode == "cluster" and self.target()[2] != 0:
+            raise ValueError("db: a Redis Cluster has database 0 only (url path and db must be 0 or absent)")
+        if self.mode != "standalone" and scheme == "unix":
+            raise ValueError(f"url: mode={self.mode!r} needs a redis:// or rediss:// url, not unix://")
+        if self.wait_replicas and self.wait_timeout >= self.socket_timeout:
+            raise ValueError("wait_timeout: must be below socket_timeout (WAIT blocks for up to wait_timeout)")
         return self
 
     def target(self) -> tuple[str, int, int]:
-        """``(server.address, server.port, db index)`` for telemetry."""
-        host, port, db = _parse_redis_url(self.url.get_secret_value())
-        return host, port, self.db if self.db is not None else db
+        """``(server.address, server.port, db index)`` for telemetry: the configured endpoint, never a password.
+
+        standalone: the url's host and port; sentinel: the first sentinel; cluster: the first startup node. Spans of
+        sentinel and cluster calls then name the server that answered (see docs/deployments-redis.md).
+        """
+        host, port, db, _ = _parse_redis_url(self.url.get_secret_value())
+        db = self.db if self.db is not None else db
+        if self.mode == "sentinel" and self.sentinels:
+            host, port = _parse_address(self.sentinels[0], "sentinels")
+        elif self.mode == "cluster" and self.cluster_nodes:
+            host, port = _parse_address(self.cluster_nodes[0], "cluster_nodes")
+        return host, port, db
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """The sentinels as ``(host, port)`` pairs."""
+        return [_parse_address(a, "sentinels") for a in self.sentinels]
+
+    def cluster_addresses(self) -> list[tuple[str, int]]:
+        """The cluster's startup nodes as ``(host, port)`` pairs (the url's host and port if none are listed)."""
+        if self.cluster_nodes:
+            return [_parse_address(a, "cluster_nodes") for a in self.cluster_nodes]
+        host, port, _, _ = _parse_redis_url(self.url.get_secret_value())
+        return [(host, port)]
 
 
-def _parse_redis_url(url: str) -> tuple[str, int, int]:
+def _parse_redis_url(url: str) -> tuple[str, int, int, str]:
     try:
         parts = urlsplit(url)
         port = parts.port or 6379
@@ -186,7 +303,17 @@ def _parse_redis_url(url: str) -> tuple[str, int, int]:
     if parts.scheme != "unix" and path and not path.isdigit():
         raise ValueError("url path must be a database number")
     db = int(path) if parts.scheme != "unix" and path else 0
-    return parts.hostname or "localhost", port, db
+    return parts.hostname or "localhost", port, db, parts.scheme
+
+
+def _parse_address(address: str, field: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) -> ``(host, port)``; the error names ``field``, never a password."""
+    host, sep, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "@" in host or "/" in host:
+        raise ValueError(f"{field}: each item must be host:port")
+    return host, int(port)
 
 
 __all__ = ["BreakerSettings", "PostgresSettings", "RedisSettings", "RetrySettings"]

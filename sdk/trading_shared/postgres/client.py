@@ -17,6 +17,7 @@ import asyncpg
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.faults import Fault, RequestNotSent
 from ..resilience.pipeline import Pipeline
@@ -25,7 +26,8 @@ from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
 from . import bulk
-from .classify import PostgresErrors
+from .classify import LoginRefusedError, PostgresErrors, ReadOnlyServerError
+from .hosts import connect_each_host
 from .pool import PoolGate
 from .statement_spans import end_statement_scope, statement_scope, traced_connection_class
 
@@ -50,6 +52,13 @@ class PostgresClient:
     ``ON CONFLICT``); otherwise a failure after the request may have reached the server raises
     :class:`~trading_shared.errors.OutcomeUnknownError`. Transactions re-run as a whole on serialization failures
     and deadlocks, and after connection failures that happened before COMMIT was sent.
+
+    Deployments (``docs/deployments-postgres.md``): behind PgBouncer in transaction mode set
+    ``pooler="transaction"``. With a multi-host DSN and ``target_session_attrs=read-write`` the client follows a
+    failover: a write refused because the server turned read-only (SQLSTATE 25006 from a standby or a demoted
+    primary) is known not to have been applied, so the pool is expired and the write re-sent to the new primary.
+    With ``replica_dsn``, reads passed ``replica=True`` go to a replica through a second pool with its own breaker
+    (:attr:`replica`): a failing replica never opens the primary's breaker.
     """
 
     def __init__(
@@ -71,7 +80,7 @@ class PostgresClient:
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
         )
-        self._errors = PostgresErrors()
+        self._errors = PostgresErrors.for_settings(self.settings.ssl, self.settings.resolved_dsn().get_secret_value())
         self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
         self._pipeline = Pipeline(
             retry=self.settings.retry,
@@ -83,6 +92,16 @@ class PostgresClient:
         self._gate: PoolGate | None = None
         self._lock = asyncio.Lock()
         self._readonly_cache: dict[str, bool] = {}
+        self._writable = True  # False for the replica endpoint: a 25006 there is the caller's write, not a failover
+        self._replica: PostgresClient | None = None
+        if self.settings.replica_dsn is not None:
+            replica_settings = self.settings.model_copy(
+                update={"dsn": self.settings.replica_dsn, "replica_dsn": None, "name": f"{self.settings.name}-replica"}
+            )
+            self._replica = PostgresClient(
+                replica_settings, tracer_provider=tracer_provider, meter_provider=meter_provider
+            )
+            self._replica._writable = False
         self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
 
     def __repr__(self) -> str:
@@ -108,13 +127,15 @@ class PostgresClient:
         return self._gate.pool
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Close the pool within ``timeout`` seconds (then terminate). Idempotent."""
+        """Close the pool (and the replica's) within ``timeout`` seconds (then terminate). Idempotent."""
         async with self._lock:
             gate, self._gate = self._gate, None
             if gate is not None:
                 await gate.close(timeout)
             self._pipeline.close()
             self._telemetry.close()
+        if self._replica is not None:
+            await self._replica.close(timeout)
 
     async def __aenter__(self) -> Self:
         return await self.connect()
@@ -129,10 +150,17 @@ class PostgresClient:
         """The underlying asyncpg pool (None until connected). Calls made on it bypass retries and telemetry."""
         return self._gate.pool if self._gate is not None else None
 
+    @property
+    def replica(self) -> PostgresClient | None:
+        """The client that serves ``replica=True`` reads (own pool, breaker, telemetry pool name), or None.
+
+        It connects on its first read. Its breaker is :attr:`replica.breaker <breaker>`; writes sent through it are
+        refused by the replica (25006) and raised as caller errors.
+        """
+        return self._replica
+
     # -- statements ----------------------------------------------------------------------------------------------------
-    async def execute(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False
-    ) -> int:
+    async def execute(self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False) -> int:
         """Run a statement; returns the number of rows it affected (0 for statements that report none)."""
         status: str = await self.run("execute", lambda c: c.execute(query, *args, timeout=timeout), idempotent)
         found = _STATUS_COUNT.search(status)
@@ -146,27 +174,51 @@ class PostgresClient:
         await self.run("executemany", lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
 
     async def fetch(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        replica: bool = False,
     ) -> list[asyncpg.Record]:
-        """Run a query and return all rows."""
+        """Run a query and return all rows. ``replica=True``: a replica may serve it (see :attr:`replica`)."""
+        if replica and self._replica is not None:
+            return await self._on_replica(lambda c: c.fetch(query, *args, timeout=timeout, idempotent=idempotent))
         result: list[asyncpg.Record] = await self.run(
             "fetch", lambda c: c.fetch(query, *args, timeout=timeout), self._idempotent(query, idempotent)
         )
         return result
 
     async def fetchrow(
-        self, query: str, *args: Any, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        replica: bool = False,
     ) -> asyncpg.Record | None:
-        """Run a query and return its first row, or None."""
+        """Run a query and return its first row, or None. ``replica=True``: a replica may serve it."""
+        if replica and self._replica is not None:
+            return await self._on_replica(lambda c: c.fetchrow(query, *args, timeout=timeout, idempotent=idempotent))
         result: asyncpg.Record | None = await self.run(
             "fetchrow", lambda c: c.fetchrow(query, *args, timeout=timeout), self._idempotent(query, idempotent)
         )
         return result
 
     async def fetchval(
-        self, query: str, *args: Any, column: int = 0, timeout: float | None = None, idempotent: bool | None = None
+        self,
+        query: str,
+        *args: Any,
+        column: int = 0,
+        timeout: float | None = None,
+        idempotent: bool | None = None,
+        replica: bool = False,
     ) -> Any:
-        """Run a query and return one value of its first row, or None."""
+        """Run a query and return one value of its first row, or None. ``replica=True``: a replica may serve it."""
+        if replica and self._replica is not None:
+            return await self._on_replica(
+                lambda c: c.fetchval(query, *args, column=column, timeout=timeout, idempotent=idempotent)
+            )
         return await self.run(
             "fetchval",
             lambda c: c.fetchval(query, *args, column=column, timeout=timeout),
@@ -212,9 +264,7 @@ class PostgresClient:
 
         return await self.run(operation, body, idempotent)
 
-    async def bulk_upsert_instruments(
-        self, instruments: Sequence[Mapping[str, Any]], exchange_name: str
-    ) -> int:
+    async def bulk_upsert_instruments(self, instruments: Sequence[Mapping[str, Any]], exchange_name: str) -> int:
         """Upsert instruments through the services' ``bulk_upsert_instruments(jsonb[])`` database function.
 
         Adds ``exchange`` to a copy of each instrument (the caller's list and dicts are never mutated). The
@@ -286,6 +336,11 @@ class PostgresClient:
                 if _is_closed(conn):  # asyncpg refused to send on a connection that was already gone
                     raise RequestNotSent(_lost(exc)) from exc
                 raise
+            except asyncpg.ReadOnlySQLTransactionError as exc:
+                if self._writable and await _server_is_read_only(conn):
+                    await gate.expire()  # reconnect: target_session_attrs=read-write skips the read-only host
+                    raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
+                raise
             finally:
                 if scope is not None:
                     end_statement_scope(scope)
@@ -294,6 +349,22 @@ class PostgresClient:
         return await self._pipeline.call(operation, attempt, idempotent=idempotent)
 
     # -- internals -------------------------------------------------------------------------------------------------
+    async def _on_replica(self, read: Callable[[PostgresClient], Awaitable[T]]) -> T:
+        """Run ``read`` on the replica; with ``replica_fallback``, on the primary if the replica cannot serve it.
+
+        Falls back after any :class:`ServiceUnavailableError` except a spent deadline: the replica's breaker is
+        open (no time lost), it stayed unreachable through its retries, or its pool was exhausted. A read changes
+        nothing, so sending it again is safe. Caller errors are raised as they are.
+        """
+        assert self._replica is not None
+        try:
+            return await read(self._replica)
+        except ServiceUnavailableError as exc:
+            if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
+                raise
+            _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
+        return await read(self)
+
     def _idempotent(self, query: str, given: bool | None) -> bool:
         if given is not None:
             return given
@@ -313,7 +384,10 @@ class PostgresClient:
 
         async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
             started = time.perf_counter()
-            conn = await asyncpg.connect(*args, **kwargs)
+            try:
+                conn = await connect_each_host(*args, **kwargs)  # each host of a multi-host DSN gets the full timeout
+            except asyncpg.ProtocolViolationError as exc:  # refused at login (PgBouncer's errors): transient
+                raise LoginRefusedError(f"login refused ({exc.sqlstate})") from exc
             telemetry.pool_create(time.perf_counter() - started)
             return conn
 
@@ -330,10 +404,14 @@ class PostgresClient:
                 max_size=s.max_size,
                 command_timeout=s.command_timeout,
                 timeout=s.connect_timeout,
-                statement_cache_size=s.statement_cache_size,
+                statement_cache_size=s.effective_statement_cache_size(),
                 server_settings={"application_name": s.application_name},
                 init=_init_connection,
                 connect=connect,
+                # Behind a transaction pooler no session state survives a transaction, and the default reset query
+                # (RESET ALL, UNLISTEN *, advisory unlocks) would run on whichever server connection the pooler
+                # picks. asyncpg still rolls back an open transaction before calling this.
+                reset=_no_session_reset if s.pooler == "transaction" else None,
                 connection_class=connection_class,
                 **extra,
             )
@@ -352,7 +430,7 @@ class PostgresClient:
 def _lost(cause: BaseException) -> BaseException:
     """The error to report for a statement refused because its connection was already closed."""
     if isinstance(cause, asyncpg.PostgresConnectionError | OSError):
-        return cause  # type: ignore[no-any-return]
+        return cause
     lost: BaseException = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
     lost.__cause__ = cause
     return lost
@@ -366,7 +444,41 @@ def _is_closed(conn: asyncpg.Connection) -> bool:
         return True
 
 
+async def _server_is_read_only(conn: asyncpg.Connection) -> bool:
+    """After a 25006: whether the server refuses writes itself (standby, fenced primary), not the caller's own
+    read-only transaction. A transaction the caller left open cannot be checked: the error stays the caller's.
+    A check lost with the connection counts as read-only: the retry, on a new connection, checks again."""
+    if conn.is_in_transaction():
+        return False
+    try:
+        return bool(await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"))
+    except asyncpg.PostgresError:
+        return False
+    except Exception:
+        return True
+
+
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """The pool's release hook behind a transaction pooler: nothing beyond asyncpg's own rollback."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    """JSON and JSONB as Python objects on every new connection."""
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    """JSON and JSONB as Python objects on every new connection.
+
+    Binary format: COPY (``copy_upsert``, ``copy_records``) only takes binary codecs, and a text-format codec made it
+    fail with "no binary format encoder for type jsonb". jsonb's binary form is a version byte (1) and the text.
+    """
+    await conn.set_type_codec("json", encoder=_json_bytes, decoder=json.loads, schema="pg_catalog", format="binary")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_bytes, decoder=_jsonb_load, schema="pg_catalog", format="binary")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _jsonb_bytes(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value).encode()
+
+
+def _jsonb_load(data: bytes) -> Any:
+    return json.loads(data[1:])

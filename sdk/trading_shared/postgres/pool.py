@@ -7,6 +7,11 @@
 * Release runs asyncpg's session reset (rollback, ``CLOSE ALL``, ``UNLISTEN *``, ``RESET ALL``, advisory unlocks)
   as usual, but in a task the caller does not wait for: the reset is one round trip, over half the cost of a
   small query, and the connection re-enters the pool only after it, so no session state can reach the next user.
+  Behind a transaction pooler (``pooler="transaction"``) the client gives the pool a reset that only rolls back
+  an open transaction: session state cannot survive a transaction there anyway, and the reset query would run on
+  whichever server connection the pooler picks.
+* :meth:`PoolGate.expire` retires every connection (idle ones at once, borrowed ones when returned) after the
+  server turned out to be read-only, so that new connections follow the DSN's ``target_session_attrs``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class PoolGate:
             raise
         except Exception as exc:
             raise RequestNotSent(exc) from exc
-        self._telemetry.pool_wait(time.perf_counter() - started)
+        # Recorded on the loop's next turn, while this operation's query is in flight, not before it is sent.
+        asyncio.get_running_loop().call_soon(self._telemetry.pool_wait, time.perf_counter() - started)
         return conn
 
     async def _wait(self, pool: asyncpg.Pool) -> Any:
@@ -76,16 +82,21 @@ class PoolGate:
 
     def release(self, conn: Any, borrowed_at: float) -> None:
         """Return ``conn`` to the pool in the background (reset first); never raises."""
-        self._telemetry.pool_use(time.perf_counter() - borrowed_at)
-        task = asyncio.get_running_loop().create_task(self._release(conn))
+        used = time.perf_counter() - borrowed_at
+        task = asyncio.get_running_loop().create_task(self._release(conn, used))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _release(self, conn: Any) -> None:
+    async def _release(self, conn: Any, used: float) -> None:
+        self._telemetry.pool_use(used)  # measured when the caller let go; recorded off the caller's path
         try:
             await self.pool.release(conn)
         except Exception:
             _log.debug("connection release failed; asyncpg discards the connection", exc_info=True)
+
+    async def expire(self) -> None:
+        """Replace every pooled connection: idle ones on their next acquire, borrowed ones when released."""
+        await self.pool.expire_connections()
 
     async def drain(self, timeout: float) -> None:
         """Wait (at most ``timeout`` seconds) for background releases to finish."""

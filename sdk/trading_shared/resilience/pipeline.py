@@ -8,7 +8,9 @@ server, and one attempt as a zero-argument coroutine function) and hands it to :
   ``deadline``; an INDETERMINATE one only when the operation is idempotent. The breaker counts failed CALLS, not
   failed attempts: a blip that a retry absorbs (a fast server restart) never opens it, while a server that stays
   down opens it after ``fail_max`` calls have run out of retries. A failed half-open trial reopens it at once.
-* Conflicts (serialization failure, deadlock) re-run the whole operation; the breaker is untouched.
+* Conflicts (serialization failure, deadlock) re-run the whole operation; the breaker is untouched. A conflict
+  that outlasts the policy is raised as the driver's error, unless an earlier attempt may have been applied: then
+  it is a :class:`~trading_shared.errors.ServiceUnavailableError` with ``may_have_been_applied=True``.
 * Cancellation is neutral for the breaker and recorded on the span. A call past its deadline is cancelled by the
   client's watchdog and raises :class:`~trading_shared.errors.DeadlineExceededError`.
 * What remains after the policy gives up is a :class:`~trading_shared.errors.ServiceUnavailableError` (a builtin
@@ -158,8 +160,10 @@ class Pipeline:
                     tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
                                        fault=fault.value, delay=delay)  # fmt: skip
                     if delay is None:
-                        if fault is Fault.CONFLICT:
+                        if fault is Fault.CONFLICT and not maybe_applied:
                             raise original from original.__cause__
+                        # A conflict after an earlier attempt may have been applied (an idempotent write whose
+                        # COMMIT reply was lost) must not read as "rolled back": say the outcome is unknown.
                         raise ServiceUnavailableError(
                             f"{operation} failed after {attempts} attempt(s): {error_type}",
                             operation=operation,
