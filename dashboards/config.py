@@ -50,8 +50,11 @@ class AlertConfig:
     """Selectors, windows and thresholds of the alert rules.
 
     Durations are Prometheus duration strings. ``breaker_open_window`` is how long the transitions counter keeps a
-    breaker-open alert active after an open too short for any scrape to see: it must exceed two scrape intervals plus
-    one evaluation interval, or a short open can slip through.
+    breaker-open alert active after an open too short for any scrape to see: it must exceed ``breaker_open_for`` plus
+    two scrape intervals plus one evaluation interval, or a short open can slip through. ``breaker_open_for`` is the
+    pending period of the breaker-open alert: short, because the breaker already debounces (it opens after
+    ``fail_max`` failed calls) and the expression stays true for the whole window after any open, so the pending
+    period only delays the page (see dashboards/README.md).
     """
 
     #: PromQL matchers every rule selects with; narrow them to scope the rules to some services,
@@ -60,7 +63,7 @@ class AlertConfig:
     rate_window: str = "5m"
 
     breaker_open_window: str = "5m"
-    breaker_open_for: str = "0s"
+    breaker_open_for: str = "10s"
     breaker_open_severity: str = "critical"
 
     flapping_window: str = "15m"
@@ -108,7 +111,8 @@ PRODUCTION: Final = AlertConfig()
 #: an alert resolves seconds (not minutes) after recovery. Never deployed.
 FAST_TEST: Final = AlertConfig(
     rate_window="10s",
-    breaker_open_window="5s",
+    breaker_open_window="7s",
+    breaker_open_for="2s",
     flapping_window="30s",
     retry_for="5s",
     error_for="5s",

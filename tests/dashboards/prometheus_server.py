@@ -176,9 +176,13 @@ class PrometheusServer:
         """Active alerts named ``alertname`` in ``state`` (``"pending"`` or ``"firing"``)."""
         return [a for a in self.alerts() if a["labels"].get("alertname") == alertname and a["state"] == state]
 
+    def active_targets(self) -> list[dict[str, Any]]:
+        """The active scrape targets from /api/v1/targets (``health``, ``lastError``, ``lastScrape``, ...)."""
+        return list(self._get("/api/v1/targets")["activeTargets"])
+
     def targets_up(self) -> bool:
         """True once every target has been scraped successfully."""
-        active = self._get("/api/v1/targets")["activeTargets"]
+        active = self.active_targets()
         return len(active) == len(self.targets) and all(t["health"] == "up" for t in active)
 
     # --- waiting -----------------------------------------------------------------------------------------------------

@@ -50,6 +50,24 @@ def test_fast_test_profile_is_valid(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    parts = re.findall(r"(\d+)(ms|s|m|h|d)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(int(n) * units[u] for n, u in parts)
+
+
+@pytest.mark.parametrize(
+    ("profile", "interval"), [(config.PRODUCTION, 60.0), (config.FAST_TEST, 1.0)], ids=["production", "fast-test"]
+)
+def test_breaker_open_window_outlasts_the_pending_period(profile: config.AlertConfig, interval: float) -> None:
+    # A short open keeps the expression true for the window only: it must cover the pending period plus two scrape
+    # intervals and one evaluation interval (production: up to 1m each; fast test: 1s), or the open is never fired.
+    pending = _seconds(profile.breaker_open_for)
+    assert pending > 0, "the breaker-open alert has a pending phase"
+    assert _seconds(profile.breaker_open_window) > pending + 3 * interval
+
+
 def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
     firing, quiet = set(), set()
     for content in promtool_tests().values():
