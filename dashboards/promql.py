@@ -26,6 +26,11 @@ def regex(label: str, pattern: str) -> str:
     return f"{label}=~{_quote(pattern)}"
 
 
+def not_regex(label: str, pattern: str) -> str:
+    """Matcher ``label!~"pattern"``."""
+    return f"{label}!~{_quote(pattern)}"
+
+
 def one_of(label: str, values: Iterable[str]) -> str:
     """Matcher selecting any of the given literal values."""
     return regex(label, "|".join(values))

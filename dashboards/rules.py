@@ -149,8 +149,11 @@ def _traffic_rules(e: _Exprs) -> list[Rule]:
     calls = e.rate(OPERATION_DURATION.count)
     retries = e.rate(RETRIES)
     on = q.on(BY)
+    # Blocking reads wait on purpose (their duration includes the block time): they would keep the alert firing.
+    waiting = q.not_regex(L.OPERATION, "|".join(sorted(names.BLOCKING_OPERATIONS)))
     latency = "\nor\n".join(
-        f"{q.quantile(0.99, e.s(OPERATION_DURATION.bucket, q.eq(L.SYSTEM, db)), BY, cfg.rate_window)} > {threshold:g}"
+        f"{q.quantile(0.99, e.s(OPERATION_DURATION.bucket, q.eq(L.SYSTEM, db), waiting), BY, cfg.rate_window)}"
+        f" > {threshold:g}"
         for db, threshold in sorted(cfg.latency_p99_seconds.items())
     )
     limits = ", ".join(f"{system} {threshold:g}s" for system, threshold in sorted(cfg.latency_p99_seconds.items()))

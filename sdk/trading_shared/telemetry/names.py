@@ -74,6 +74,10 @@ ERROR_DEADLINE: Final = "deadline_exceeded"
 EVENT_ATTEMPT_FAILED: Final = "trading_shared.attempt_failed"
 EVENT_CANCELLED: Final = "trading_shared.cancelled"
 
+#: Operations that wait on the server on purpose (BRPOP, XREADGROUP with BLOCK): their duration includes the wait, so
+#: latency alerts leave them out.
+BLOCKING_OPERATIONS: Final = frozenset({"BRPOP", "XREADGROUP"})
+
 INSTRUMENTATION_SCOPE: Final = "trading_shared"
 
 #: Histogram buckets in seconds, fine enough for sub-millisecond Redis calls and long enough for a slow bulk write.
