@@ -54,7 +54,7 @@ class AlertConfig:
     two scrape intervals plus one evaluation interval, or a short open can slip through. ``breaker_open_for`` is the
     pending period of the breaker-open alert: short, because the breaker already debounces (it opens after
     ``fail_max`` failed calls) and the expression stays true for the whole window after any open, so the pending
-    period only delays the page (see dashboards/README.md).
+    period only delays the page (see README.md, "Dashboards and alerts").
     """
 
     #: PromQL matchers every rule selects with; narrow them to scope the rules to some services,
