@@ -105,7 +105,10 @@ class Resources(Generic[*Ts]):
                 if failed:
                     failure = failed[0].exception()
                     assert failure is not None
-                    _log.error("connect failed for %s: %r", _name(clients[tasks.index(failed[0])]), failure)
+                    # type only: a driver's message can quote a parameter; the exception itself is raised
+                    _log.error(
+                        "connect failed for %s: %s", _name(clients[tasks.index(failed[0])]), type(failure).__qualname__
+                    )
                     raise failure
         except BaseException:
             for task in tasks:

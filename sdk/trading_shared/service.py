@@ -164,7 +164,10 @@ class Service:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 _log.error(
-                    "%s: task %s raised while being cancelled", self.name, task.get_name(), exc_info=task.exception()
+                    "%s: task %s raised while being cancelled (%s)",
+                    self.name,
+                    task.get_name(),
+                    _describe(task.exception()),
                 )
         if stuck:
             names = ", ".join(t.get_name() for t in stuck)
@@ -174,7 +177,9 @@ class Service:
         if self.failure is None:
             self.failure = exc if exc is not None else RuntimeError(reason)
         self.reason = reason if self.reason is None else f"{self.reason}; {reason}"
-        _log.error("%s: %s", self.name, reason, exc_info=exc)
+        # The exception's type and code only: driver messages can quote query parameters or keys. The exception
+        # itself (message, traceback) stays on ``self.failure`` for the application to inspect.
+        _log.error("%s: %s%s", self.name, reason, f" ({_describe(exc)})" if exc is not None else "")
         if self._stop is not None:
             self._stop.set()
         return EXIT_FAILURE
@@ -243,3 +248,11 @@ def _loop_factory(use_uvloop: bool | None) -> Callable[[], asyncio.AbstractEvent
 
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "Main", "Service", "run_service"]
+
+
+def _describe(exc: BaseException | None) -> str:
+    """``Type`` or ``Type SQLSTATE``: what a log line may say about an exception without quoting its message."""
+    if exc is None:
+        return "no exception"
+    code = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__qualname__} {code}" if isinstance(code, str) else type(exc).__qualname__

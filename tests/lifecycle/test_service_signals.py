@@ -84,7 +84,8 @@ async def test_an_exception_in_the_service_gives_a_non_zero_exit_and_closed_clie
     events = _events(journal)
     assert code == 1, stderr
     assert events[events.index("ready") + 1 :] == ["close last", "close first"]
-    assert "RuntimeError: the service broke" in stderr
+    assert "failed (RuntimeError)" in stderr
+    assert "the service broke" not in stderr  # the type is logged, never the message
     assert "daemon-app stopped (exit code 1)" in stderr
 
 

@@ -177,3 +177,65 @@ async def test_transaction_cut_before_commit_is_rerun(make_pg: Callable[..., Pos
         await pg.transaction(write)  # not idempotent, yet safe: nothing was committed
         assert runs == 2
         assert await pg.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_multi_statement_run_is_not_rerun_after_a_statement_was_applied(
+    make_pg: Callable[..., PostgresClient],
+) -> None:
+    async with make_pg(max_size=3) as pg:
+        await pg.execute("CREATE TABLE orders (id text)")
+        runs = 0
+
+        async def two_statements(conn: asyncpg.Connection) -> None:
+            nonlocal runs
+            runs += 1
+            await conn.execute("INSERT INTO orders VALUES ('order-1')")  # autocommitted
+            await pg.fetchval("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            await conn.execute("SELECT 1")  # fails: the connection is gone
+
+        with pytest.raises(OutcomeUnknownError):
+            await pg.run("two_statements", two_statements, False)
+        assert runs == 1
+        assert await pg.fetchval("SELECT count(*) FROM orders") == 1
+
+
+async def test_another_clients_errors_inside_a_transaction_are_not_retried_nor_counted(
+    make_pg: Callable[..., PostgresClient], otel: Otel
+) -> None:
+    foreign = CircuitOpenError("redis breaker open", operation="GET", attempts=0, may_have_been_applied=False)
+    async with make_pg(breaker={"fail_max": 1, "reset_timeout": 5}) as pg:
+        runs = 0
+
+        async def uses_redis(conn: asyncpg.Connection) -> None:
+            nonlocal runs
+            runs += 1
+            raise foreign
+
+        with pytest.raises(CircuitOpenError) as info:
+            await pg.transaction(uses_redis)
+        assert info.value is foreign
+        assert runs == 1
+        assert pg.breaker.state.value == "closed"
+    assert sum(v for _, v in otel.points(names.BREAKER_REJECTIONS)) == 0
+
+
+async def test_transaction_deadline_holds_against_a_frozen_server(
+    make_pg: Callable[..., PostgresClient], pg_server: PostgresServer
+) -> None:
+    from trading_shared import DeadlineExceededError
+
+    pg = make_pg(retry={"max_attempts": 3, "deadline": 1.0}, command_timeout=30.0)
+    await pg.connect()
+    try:
+
+        async def slow(conn: asyncpg.Connection) -> None:
+            await asyncio.to_thread(pg_server.freeze)
+            await conn.execute("SELECT 1")
+
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await pg.transaction(slow)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        await asyncio.to_thread(pg_server.thaw)
+        await pg.close(timeout=2)

@@ -288,3 +288,51 @@ async def test_telemetry_failure_never_breaks_a_call() -> None:
     assert instruments is not None
     instruments.duration.record = boom  # type: ignore[method-assign]
     assert await h.pipeline.call("fetch", h.script("ok"), idempotent=True) == "ok"
+
+
+class Boom(BaseException):
+    """Stands for SystemExit / GeneratorExit reaching an attempt."""
+
+
+async def test_a_base_exception_in_the_trial_frees_the_trial_slot() -> None:
+    h = Harness(attempts=1, fail_max=1)
+    with pytest.raises(ServiceUnavailableError):
+        await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
+    assert h.breaker.state is BreakerState.OPEN
+    h.breaker._opened_at -= 120  # the reset timeout has passed
+    with pytest.raises(Boom):
+        await h.pipeline.call("fetch", h.script(Boom()), idempotent=True)
+    assert await h.pipeline.call("fetch", h.script("ok"), idempotent=True) == "ok"  # next call is the trial
+    assert h.breaker.state is BreakerState.CLOSED
+
+
+async def test_errors_of_other_clients_inside_an_attempt_are_not_this_servers_fault() -> None:
+    h = Harness(attempts=5, fail_max=1)
+    foreign = CircuitOpenError("other breaker", operation="GET", attempts=0, may_have_been_applied=False)
+    with pytest.raises(CircuitOpenError) as info:
+        await h.pipeline.call("transaction", h.script(foreign), idempotent=True)
+    assert info.value is foreign
+    assert h.calls == 1
+    assert h.breaker.state is BreakerState.CLOSED
+    assert sum(v for _, v in h.points(names.BREAKER_REJECTIONS)) == 0
+    other_deadline = DeadlineExceededError("x", operation="GET", attempts=1, may_have_been_applied=True)
+    h.calls = 0
+    with pytest.raises(DeadlineExceededError):
+        await h.pipeline.call("transaction", h.script(other_deadline), idempotent=True)
+    assert h.calls == 1
+
+
+async def test_partly_applied_attempts_are_never_rerun_unless_idempotent() -> None:
+    from trading_shared.resilience import PartlyApplied
+
+    h = Harness(attempts=5)
+    with pytest.raises(OutcomeUnknownError):
+        await h.pipeline.call("run", h.script(PartlyApplied(Refused()), "ok"), idempotent=False)
+    assert h.calls == 1
+    h.calls = 0
+    with pytest.raises(OutcomeUnknownError):
+        await h.pipeline.call("run", h.script(PartlyApplied(Conflict()), "ok"), idempotent=False)
+    assert h.calls == 1
+    h.calls = 0
+    assert await h.pipeline.call("run", h.script(PartlyApplied(Refused()), "ok"), idempotent=True) == "ok"
+    assert h.calls == 2

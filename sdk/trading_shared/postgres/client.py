@@ -19,7 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.faults import Fault, RequestNotSent
+from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import PostgresSettings
 from ..telemetry import names
@@ -162,7 +162,7 @@ class PostgresClient:
     # -- statements ----------------------------------------------------------------------------------------------------
     async def execute(self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False) -> int:
         """Run a statement; returns the number of rows it affected (0 for statements that report none)."""
-        status: str = await self.run("execute", lambda c: c.execute(query, *args, timeout=timeout), idempotent)
+        status: str = await self._run("execute", lambda c: c.execute(query, *args, timeout=timeout), idempotent)
         found = _STATUS_COUNT.search(status)
         return int(found.group(1)) if found else 0
 
@@ -171,7 +171,7 @@ class PostgresClient:
     ) -> None:
         """Run a statement once per argument tuple, atomically (asyncpg runs it in one implicit transaction)."""
         rows = list(args)
-        await self.run("executemany", lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
+        await self._run("executemany", lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
 
     async def fetch(
         self,
@@ -184,7 +184,7 @@ class PostgresClient:
         """Run a query and return all rows. ``replica=True``: a replica may serve it (see :attr:`replica`)."""
         if replica and self._replica is not None:
             return await self._on_replica(lambda c: c.fetch(query, *args, timeout=timeout, idempotent=idempotent))
-        result: list[asyncpg.Record] = await self.run(
+        result: list[asyncpg.Record] = await self._run(
             "fetch", lambda c: c.fetch(query, *args, timeout=timeout), self._idempotent(query, idempotent)
         )
         return result
@@ -200,7 +200,7 @@ class PostgresClient:
         """Run a query and return its first row, or None. ``replica=True``: a replica may serve it."""
         if replica and self._replica is not None:
             return await self._on_replica(lambda c: c.fetchrow(query, *args, timeout=timeout, idempotent=idempotent))
-        result: asyncpg.Record | None = await self.run(
+        result: asyncpg.Record | None = await self._run(
             "fetchrow", lambda c: c.fetchrow(query, *args, timeout=timeout), self._idempotent(query, idempotent)
         )
         return result
@@ -219,7 +219,7 @@ class PostgresClient:
             return await self._on_replica(
                 lambda c: c.fetchval(query, *args, column=column, timeout=timeout, idempotent=idempotent)
             )
-        return await self.run(
+        return await self._run(
             "fetchval",
             lambda c: c.fetchval(query, *args, column=column, timeout=timeout),
             self._idempotent(query, idempotent),
@@ -252,6 +252,8 @@ class PostgresClient:
                     if isinstance(exc, Exception):  # the connection died before COMMIT: rolled back
                         raise RequestNotSent(_lost(exc)) from exc
                     raise
+                if not isinstance(exc, Exception):
+                    raise  # cancelled (maybe by the deadline): no await here; the pool's release rolls back
                 with contextlib.suppress(Exception):
                     await tx.rollback()
                 if isinstance(exc, Exception) and self._errors.classify(exc) is Fault.INDETERMINATE:
@@ -262,7 +264,7 @@ class PostgresClient:
             await tx.commit()  # a failure here may or may not have committed
             return result
 
-        return await self.run(operation, body, idempotent)
+        return await self._run(operation, body, idempotent)
 
     async def bulk_upsert_instruments(self, instruments: Sequence[Mapping[str, Any]], exchange_name: str) -> int:
         """Upsert instruments through the services' ``bulk_upsert_instruments(jsonb[])`` database function.
@@ -273,7 +275,7 @@ class PostgresClient:
         if not instruments:
             return 0
         payload = bulk.with_exchange(instruments, exchange_name)
-        await self.run("bulk_upsert_instruments", lambda c: c.execute(bulk.LEGACY_UPSERT_SQL, payload), True)
+        await self._run("bulk_upsert_instruments", lambda c: c.execute(bulk.LEGACY_UPSERT_SQL, payload), True)
         _log.info("bulk-upserted %d instruments for one exchange", len(payload))
         return len(payload)
 
@@ -305,7 +307,7 @@ class PostgresClient:
         rows = list(records)
         if not rows:
             return 0
-        status: str = await self.run(
+        status: str = await self._run(
             "copy_records",
             lambda c: c.copy_records_to_table(table, records=rows, columns=list(columns), schema_name=schema),
             False,
@@ -316,9 +318,22 @@ class PostgresClient:
     async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:
         """Run ``fn`` on a pooled connection through the pipeline (for operations the client lacks).
 
-        ``operation`` names it in telemetry (keep it low-cardinality); ``idempotent`` says it may be re-sent after
-        its request may have reached the server.
+        ``operation`` names it in telemetry (keep it low-cardinality); ``idempotent`` says ``fn`` may be run again
+        after its requests may have reached the server. ``fn`` may send several statements, each committed on its
+        own: once it has been called, any failure counts as possibly applied, so a non-idempotent ``fn`` is never
+        run twice (use :meth:`transaction` for several statements that must apply together).
         """
+        return await self._run(operation, fn, idempotent, single=False)
+
+    async def _run(
+        self,
+        operation: str,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        idempotent: bool,
+        *,
+        single: bool = True,
+    ) -> T:
+        """``single``: ``fn`` sends one statement (or one transaction), so its failures are read as they are."""
         gate = self._gate
         if gate is None:
             await self.connect()
@@ -331,16 +346,23 @@ class PostgresClient:
             borrowed = time.perf_counter()
             scope = statement_scope(True) if traced else None
             try:
-                return await fn(conn)
-            except asyncpg.InterfaceError as exc:
-                if _is_closed(conn):  # asyncpg refused to send on a connection that was already gone
-                    raise RequestNotSent(_lost(exc)) from exc
-                raise
-            except asyncpg.ReadOnlySQLTransactionError as exc:
-                if self._writable and await _server_is_read_only(conn):
-                    await gate.expire()  # reconnect: target_session_attrs=read-write skips the read-only host
-                    raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
-                raise
+                try:
+                    return await fn(conn)
+                except asyncpg.InterfaceError as exc:
+                    if _is_closed(conn):  # asyncpg refused to send on a connection that was already gone
+                        raise RequestNotSent(_lost(exc)) from exc
+                    raise
+                except asyncpg.ReadOnlySQLTransactionError as exc:
+                    if self._writable and await _server_is_read_only(conn):
+                        await gate.expire()  # reconnect: target_session_attrs=read-write skips the read-only host
+                        raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
+                    raise
+            except Exception as exc:
+                if single:
+                    raise
+                # fn may have committed statements before the one that failed
+                original = exc.original if isinstance(exc, RequestNotSent) else exc
+                raise PartlyApplied(original) from original
             finally:
                 if scope is not None:
                     end_statement_scope(scope)

@@ -1,7 +1,7 @@
 """The resilient call pipeline shared by every client: classification, circuit breaker, retries, deadline."""
 
 from .breaker import BreakerState, CircuitBreaker
-from .faults import Fault, RequestNotSent
+from .faults import Fault, PartlyApplied, RequestNotSent
 from .pipeline import DriverErrors, Pipeline
 from .retry import RetryPolicy, set_testing
 
@@ -10,6 +10,7 @@ __all__ = [
     "CircuitBreaker",
     "DriverErrors",
     "Fault",
+    "PartlyApplied",
     "Pipeline",
     "RequestNotSent",
     "RetryPolicy",

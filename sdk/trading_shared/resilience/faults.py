@@ -42,3 +42,15 @@ class RequestNotSent(Exception):
     def __init__(self, original: BaseException) -> None:
         super().__init__(type(original).__name__)
         self.original = original
+
+
+class PartlyApplied(Exception):
+    """Internal marker around a failure of an attempt that sends several requests, after an earlier one was sent.
+
+    A refusal or a conflict of the LAST request does not prove the attempt changed nothing: the pipeline treats
+    UNAVAILABLE and CONFLICT as INDETERMINATE (re-sent only when the operation is idempotent).
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(type(original).__name__)
+        self.original = original

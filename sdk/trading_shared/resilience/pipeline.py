@@ -34,13 +34,14 @@ from ..errors import (
     OutcomeUnknownError,
     PoolExhaustedError,
     ServiceUnavailableError,
+    TradingSharedError,
 )
 from ..settings import RetrySettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from .breaker import CircuitBreaker
 from .deadline import DeadlineWatchdog
-from .faults import Fault, RequestNotSent
+from .faults import Fault, PartlyApplied, RequestNotSent
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -105,10 +106,15 @@ class Pipeline:
         in_attempt = False
         maybe_applied = False
         last: BaseException | None = None
+        rejection: CircuitOpenError | None = None  # raised by THIS breaker (not one met inside the attempt)
         try:
             while True:
                 attempts += 1
-                ticket = self.breaker.admit(operation)
+                try:
+                    ticket = self.breaker.admit(operation)
+                except CircuitOpenError as rejected:
+                    rejection = rejected
+                    raise
                 in_attempt = True
                 try:
                     if self._activate_span:
@@ -177,6 +183,9 @@ class Pipeline:
                     tel.end(span, operation, time.perf_counter() - t0, attempts=attempts)
                     return result
         except CircuitOpenError as rejected:
+            if rejected is not rejection:  # another client's breaker, met inside the attempt: a caller error here
+                self._end_other(span, operation, t0, rejected, attempts, owed)
+                raise
             self._settle(owed)
             tel.breaker_rejected(operation)
             rejected.attempts = attempts - 1
@@ -206,10 +215,9 @@ class Pipeline:
             self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, attempts)
             raise expired from last
         except BaseException as exc:
-            self._settle(owed)
-            described = exc.__cause__ if isinstance(exc, ServiceUnavailableError) and exc.__cause__ else exc
-            error_type, status = self._errors.describe(described)
-            self._end_failed(span, operation, t0, exc, error_type, status, attempts)
+            if in_attempt:  # SystemExit, KeyboardInterrupt, GeneratorExit: never leave a trial slot taken
+                self.breaker.release(ticket)
+            self._end_other(span, operation, t0, exc, attempts, owed)
             raise
         finally:
             self._watchdog.unregister(token)
@@ -219,10 +227,26 @@ class Pipeline:
         if owed is not None:
             self.breaker.record_failure(owed)
 
+    def _end_other(
+        self, span: Span | None, operation: str, t0: float, exc: BaseException, attempts: int, owed: int | None
+    ) -> None:
+        self._settle(owed)
+        described = exc.__cause__ if isinstance(exc, ServiceUnavailableError) and exc.__cause__ else exc
+        error_type, status = self._errors.describe(described)
+        self._end_failed(span, operation, t0, exc, error_type, status, attempts)
+
     def _classify(self, exc: BaseException) -> tuple[BaseException, Fault]:
         if isinstance(exc, RequestNotSent):
             fault = self._errors.classify(exc.original)
             return exc.original, Fault.UNAVAILABLE if fault is Fault.INDETERMINATE else fault
+        if isinstance(exc, PartlyApplied):
+            fault = self._errors.classify(exc.original)
+            if fault is Fault.UNAVAILABLE or fault is Fault.CONFLICT:
+                fault = Fault.INDETERMINATE  # an earlier request of the same attempt may have been applied
+            return exc.original, fault
+        if isinstance(exc, TradingSharedError):
+            # Raised by another client (or this one, nested) inside the attempt: it says nothing about this server.
+            return exc, Fault.CALLER
         return exc, self._errors.classify(exc)
 
     def _end_failed(
