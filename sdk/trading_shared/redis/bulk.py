@@ -27,7 +27,8 @@ from ..telemetry.client import ClientTelemetry
 from . import streams
 from .pool import Commands
 
-Call = Callable[[str, Callable[[Commands], Awaitable[Any]]], Awaitable[Any]]
+#: The client's call: ``(operation, key to route by, fn)``.
+Call = Callable[[str, bytes, Callable[[Commands], Awaitable[Any]]], Awaitable[Any]]
 
 OPERATION = "PIPELINE XADD"
 #: Upper bound on a chunk: a script blocks the server while it runs (10,000 small XADDs take a few ms).
@@ -87,7 +88,9 @@ class BulkAppender:
         body_args = sum(n for _, n in packed)
         keys = [stream, streams.dedupe_key(stream, token)]
         async with self._semaphore:
-            return await self._call(OPERATION, lambda r: streams.BULK_XADD.run_packed(r, keys, head, body, body_args))
+            return await self._call(
+                OPERATION, stream, lambda r: streams.BULK_XADD.run_packed(r, keys, head, body, body_args)
+            )
 
     async def _fail(self, exc: BaseException, start: int, end: int, token: bytes, added: int) -> None:
         total = len(self._packed)

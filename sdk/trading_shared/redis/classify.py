@@ -4,12 +4,15 @@
 Error                                                   Fault             Why
 ======================================================  ================  ==========================================
 :class:`ConnectFailed` (raised while connecting)        UNAVAILABLE       the command was never sent
+:class:`MasterNotFoundError`, :class:`NotMasterError`   UNAVAILABLE       sentinel look-up / ROLE check: never sent
 ``MaxConnectionsError``                                 POOL_EXHAUSTED    the client's own pool is full: fail fast
 ``AuthenticationError``, ``AuthorizationError``         CALLER            credentials: retrying cannot help
 ``ConnectionError`` from an unknown host                CALLER            configuration (``EAI_AGAIN`` is transient)
 ``BusyLoadingError`` (LOADING)                          UNAVAILABLE       refused, not applied: the server is loading
 ``ReadOnlyError``, ``TryAgainError``,                   UNAVAILABLE       refused, not applied: failover / resharding
-``ClusterDownError``, ``MasterDownError``, ``BUSY``
+``ClusterDownError``, ``MasterDownError``, ``BUSY``,
+:class:`TooManyRedirects` (MOVED/ASK loop)
+:class:`NotReplicatedError` (WAIT fell short)           INDETERMINATE     applied on the master; a failover may lose it
 other ``ConnectionError``, ``TimeoutError``             INDETERMINATE     the request may have reached the server
 ``InvalidResponse``, builtin socket errors              INDETERMINATE     the connection broke mid-reply
 other ``ResponseError`` (WRONGTYPE, syntax, OOM, ...)   CALLER            the server answered: raised unchanged
@@ -45,6 +48,31 @@ _NETWORK_ERRNOS = frozenset(
         errno.ENETDOWN,
     }
 )
+
+
+class NotReplicatedError(rex.RedisError):
+    """A write the master applied but fewer than ``wait_replicas`` replicas confirmed within ``wait_timeout``.
+
+    The write is on the master and may be lost if the master fails over before its replicas catch up: its outcome
+    is unknown (INDETERMINATE), so only idempotent operations are re-sent after it.
+    """
+
+    def __init__(self, confirmed: int, wanted: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replicas confirmed the write")
+        self.confirmed = confirmed
+        self.wanted = wanted
+
+
+class NotMasterError(rex.ConnectionError):
+    """The server a sentinel named as master does not say ``ROLE master``: nothing was sent to it."""
+
+
+class MasterNotFoundError(rex.ConnectionError):
+    """No sentinel named a master for the service (all unreachable, or none knows the name)."""
+
+
+class TooManyRedirects(rex.RedisError):
+    """A cluster command was redirected (MOVED/ASK) more times than allowed: no node executed it."""
 
 
 class ConnectFailed(rex.ConnectionError):
@@ -100,8 +128,10 @@ class RedisErrors:
                 return Fault.POOL_EXHAUSTED
             if isinstance(exc, _AUTH_TYPES):
                 return Fault.CALLER
-            if isinstance(exc, _REFUSED_TYPES):
+            if isinstance(exc, (*_REFUSED_TYPES, TooManyRedirects)):
                 return Fault.UNAVAILABLE
+            if isinstance(exc, NotReplicatedError):
+                return Fault.INDETERMINATE
             if isinstance(exc, rex.ConnectionError):
                 return Fault.CALLER if _unknown_host(exc) else Fault.INDETERMINATE
             if isinstance(exc, rex.TimeoutError | rex.InvalidResponse):

@@ -14,6 +14,7 @@ import redis.exceptions as rex
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
+from ..errors import CircuitOpenError
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.faults import RequestNotSent
 from ..resilience.pipeline import Pipeline
@@ -22,9 +23,15 @@ from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
 from . import streams
+from .bracketed import CommandSet, Wait
 from .bulk import BulkAppender
 from .classify import ConnectFailed, RedisErrors, error_code
+from .cluster import ClusterRouter, slot_of
+from .endpoints import Endpoints, Router
+from .pipelines import run_cluster_pipeline
 from .pool import BLOCK_SECONDS, Commands, Pools, connection_kwargs
+from .routing import routed_attempt
+from .sentinel import SentinelRouter
 from .streams import ClaimResult, Fields, StreamEntry
 
 T = TypeVar("T")
@@ -47,6 +54,11 @@ class RedisClient:
     :class:`~trading_shared.errors.OutcomeUnknownError`. Any command whose connection could not even be opened is
     retried. Blocking reads (BRPOP, XREADGROUP BLOCK) use a pool of their own whose read timeout is the block time
     plus ``socket_timeout``.
+
+    ``settings.mode`` picks the deployment (docs/deployments-redis.md). ``sentinel``: every command goes to the
+    master the sentinels name, and a failover is followed. ``cluster``: every command goes to the master owning its
+    key's hash slot (MOVED/ASK followed). In both, each server gets its own pools and breaker (:attr:`breakers`),
+    and spans name the server that answered. With ``wait_replicas`` set, writes are confirmed with WAIT.
     """
 
     def __init__(
@@ -69,27 +81,43 @@ class RedisClient:
             record_exceptions=False,  # Redis error messages can quote keys (NOGROUP) or arguments
         )
         self._kwargs = connection_kwargs(self.settings, self._telemetry.pool_create)  # ConfigurationError here
+        #: The breaker of the server in standalone mode; in sentinel and cluster mode, of connecting (discovery).
         self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
         self._pipeline = Pipeline(
             retry=self.settings.retry, breaker=self.breaker, errors=RedisErrors(), telemetry=self._telemetry
         )
+        s = self.settings
+        self._wait: Wait | None = (s.wait_replicas, round(s.wait_timeout * 1000)) if s.wait_replicas else None
         self._pools: Pools | None = None
+        self._router: Router | None = None
         self._lock = asyncio.Lock()
         self._write_slots = asyncio.Semaphore(self.settings.write_concurrency_limit)
         self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
 
     def __repr__(self) -> str:
         host, port, db = self.settings.target()
-        state = "connected" if self._pools is not None else "not connected"
-        return f"<{type(self).__name__} {self.settings.name!r} {host}:{port}/{db} {state}>"
+        state = "connected" if self._pools is not None or self._router is not None else "not connected"
+        mode = "" if self.settings.mode == "standalone" else f" {self.settings.mode}"
+        return f"<{type(self).__name__} {self.settings.name!r}{mode} {host}:{port}/{db} {state}>"
 
     # -- lifecycle -----------------------------------------------------------------------------------------------------
     async def connect(self) -> Self:
-        """Create the pool if there is none (concurrent callers share one) and open one connection."""
+        """Create the pool if there is none (concurrent callers share one) and open one connection.
+
+        In sentinel mode this finds the master; in cluster mode it reads the slot map.
+        """
+        if self.settings.mode != "standalone":
+            if self._router is None:
+                async with self._lock:
+                    if self._router is None:
+                        await self._start_router()
+            return self
         if self._pools is None:
             async with self._lock:
                 if self._pools is None:
                     pools = Pools(self._kwargs, self.settings)
+                    if self._wait is not None:
+                        pools.writer = CommandSet(pools, self._wait).writer
                     try:
                         await self._pipeline.call(
                             "connect", self._attempt(pools, lambda _: pools.open_one()), idempotent=True
@@ -111,6 +139,9 @@ class RedisClient:
             pools, self._pools = self._pools, None
             if pools is not None:
                 await pools.close(timeout)
+            router, self._router = self._router, None
+            if router is not None:
+                await router.close(timeout)
             self._pipeline.close()
             self._telemetry.close()
 
@@ -124,13 +155,30 @@ class RedisClient:
 
     @property
     def connection_pool(self) -> aioredis.ConnectionPool | None:
-        """The main redis-py pool (None until connected). Commands sent through it bypass retries and telemetry."""
+        """The main redis-py pool (None until connected). Commands sent through it bypass retries and telemetry.
+
+        Sentinel mode: the current master's pool. Cluster mode: None (one pool per node).
+        """
+        if self._router is not None:
+            master = self._router.route(None) if isinstance(self._router, SentinelRouter) else None
+            return master.pools.main.connection_pool if master is not None else None
         return self._pools.main.connection_pool if self._pools is not None else None
+
+    @property
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """Every server's breaker by ``host:port``: one in standalone mode, one per master (sentinel) or node
+        (cluster) the client has talked to. A failing server opens its own breaker only."""
+        if self._router is not None:
+            return {e.name: e.breaker for e in self._router.endpoints.all()}
+        host, port, _ = self.settings.target()
+        return {f"{host}:{port}": self.breaker}
 
     # -- keys and hashes -------------------------------------------------------------------------------------------
     async def get(self, key: Key) -> bytes | None:
         """GET: the value, or None."""
-        result: bytes | None = await self._call("GET", lambda r: r.execute_command("GET", key), idempotent=True)
+        result: bytes | None = await self._call(
+            "GET", lambda r: r.execute_command("GET", key), idempotent=True, key=key
+        )
         return result
 
     async def set(
@@ -162,18 +210,40 @@ class RedisClient:
             args.append("NX")
         if xx:
             args.append("XX")
-        result = await self._call("SET", lambda r: r.execute_command(*args), idempotent=not nx)
+        result = await self._call("SET", lambda r: r.execute_command(*args), idempotent=not nx, key=key, write=True)
         return bool(result)
 
     async def delete(self, *keys: Key) -> int:
-        """DEL: how many of ``keys`` existed (after a retried lost reply the count may be lower than the truth)."""
+        """DEL: how many of ``keys`` existed (after a retried lost reply the count may be lower than the truth).
+
+        Cluster mode: keys of different slots are deleted with one DEL per slot, concurrently; if one fails, its
+        error is raised after the others finished (and they may have deleted their keys).
+        """
         if not keys:
             return 0
-        return int(await self._call("DEL", lambda r: r.execute_command("DEL", *keys), idempotent=True))
+        if self.settings.mode == "cluster":
+            by_slot: dict[int, list[Key]] = {}
+            for k in keys:
+                by_slot.setdefault(slot_of(k), []).append(k)
+            if len(by_slot) > 1:
+                outcomes = await asyncio.gather(*(self.delete(*g) for g in by_slot.values()), return_exceptions=True)
+                total = 0
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                    total += outcome
+                return total
+        return int(
+            await self._call("DEL", lambda r: r.execute_command("DEL", *keys), idempotent=True, key=keys[0], write=True)
+        )
 
     async def expire(self, key: Key, seconds: int) -> bool:
         """EXPIRE: True when the key exists and now expires in ``seconds``."""
-        return bool(await self._call("EXPIRE", lambda r: r.execute_command("EXPIRE", key, seconds), idempotent=True))
+        return bool(
+            await self._call(
+                "EXPIRE", lambda r: r.execute_command("EXPIRE", key, seconds), idempotent=True, key=key, write=True
+            )
+        )
 
     async def hset(
         self,
@@ -193,18 +263,22 @@ class RedisClient:
             items += [k, v]
         if not items:
             raise ValueError("hset needs a field and value or a non-empty mapping")
-        return int(await self._call("HSET", lambda r: r.execute_command("HSET", key, *items), idempotent=True))
+        return int(
+            await self._call(
+                "HSET", lambda r: r.execute_command("HSET", key, *items), idempotent=True, key=key, write=True
+            )
+        )
 
     async def hget(self, key: Key, field: Key) -> bytes | None:
         """HGET: the field's value, or None."""
         result: bytes | None = await self._call(
-            "HGET", lambda r: r.execute_command("HGET", key, field), idempotent=True
+            "HGET", lambda r: r.execute_command("HGET", key, field), idempotent=True, key=key
         )
         return result
 
     async def hgetall(self, key: Key) -> dict[bytes, bytes]:
         """HGETALL: every field and value (empty when the key does not exist)."""
-        raw = await self._call("HGETALL", lambda r: r.execute_command("HGETALL", key), idempotent=True)
+        raw = await self._call("HGETALL", lambda r: r.execute_command("HGETALL", key), idempotent=True, key=key)
         if isinstance(raw, dict):
             return raw
         return dict(zip(raw[::2], raw[1::2], strict=True))
@@ -212,15 +286,27 @@ class RedisClient:
     async def incr(self, key: Key, amount: int = 1) -> int:
         """INCR / INCRBY: the new value. Never re-sent once its request may have reached the server."""
         if amount == 1:
-            return int(await self._call("INCR", lambda r: r.execute_command("INCR", key), idempotent=False))
-        return int(await self._call("INCRBY", lambda r: r.execute_command("INCRBY", key, amount), idempotent=False))
+            return int(
+                await self._call(
+                    "INCR", lambda r: r.execute_command("INCR", key), idempotent=False, key=key, write=True
+                )
+            )
+        return int(
+            await self._call(
+                "INCRBY", lambda r: r.execute_command("INCRBY", key, amount), idempotent=False, key=key, write=True
+            )
+        )
 
     # -- lists and pub/sub --------------------------------------------------------------------------------------------
     async def lpush(self, key: Key, *values: Value) -> int:
         """LPUSH: the list's new length. Never re-sent once its request may have reached the server."""
         if not values:
             raise ValueError("lpush needs at least one value")
-        return int(await self._call("LPUSH", lambda r: r.execute_command("LPUSH", key, *values), idempotent=False))
+        return int(
+            await self._call(
+                "LPUSH", lambda r: r.execute_command("LPUSH", key, *values), idempotent=False, key=key, write=True
+            )
+        )
 
     async def brpop(self, keys: Key | Sequence[Key], timeout: float) -> tuple[bytes, bytes] | None:
         """BRPOP: ``(list, value)`` popped from the first non-empty list, or None after ``timeout`` seconds.
@@ -231,15 +317,25 @@ class RedisClient:
         if isinstance(timeout, bool) or not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
         names_ = [keys] if isinstance(keys, str | bytes) else list(keys)
+        if not names_:
+            raise ValueError("brpop needs at least one key")
+        if self.settings.mode == "cluster" and len({slot_of(k) for k in names_}) > 1:
+            raise ValueError("cluster mode: brpop's keys must share one hash slot (give them the same {hash tag})")
         result = await self._call(
-            "BRPOP", lambda r: r.execute_command("BRPOP", *names_, timeout), idempotent=False, blocking=timeout
+            "BRPOP",
+            lambda r: r.execute_command("BRPOP", *names_, timeout),
+            idempotent=False,
+            blocking=timeout,
+            key=names_[0],
         )
         return (result[0], result[1]) if result else None
 
     async def publish(self, channel: Key, message: Value) -> int:
         """PUBLISH: how many subscribers received it. Never re-sent (that would deliver it twice)."""
         return int(
-            await self._call("PUBLISH", lambda r: r.execute_command("PUBLISH", channel, message), idempotent=False)
+            await self._call(
+                "PUBLISH", lambda r: r.execute_command("PUBLISH", channel, message), idempotent=False, key=channel
+            )
         )
 
     # -- streams -----------------------------------------------------------------------------------------------------
@@ -260,7 +356,9 @@ class RedisClient:
         streams.check_maxlen(maxlen)
         args = streams.xadd_args(fields, id, maxlen, approximate)
         if not streams.is_explicit_id(id):
-            result = await self._call("XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False)
+            result = await self._call(
+                "XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False, key=stream, write=True
+            )
             return bytes(result)
         tries = 0
 
@@ -271,7 +369,7 @@ class RedisClient:
                 return await r.execute_command("XADD", stream, *args)
             return await streams.XADD_IF_ABSENT.run(r, [streams.as_key(stream)], [id, *args])
 
-        return bytes(await self._call("XADD", add, idempotent=True))
+        return bytes(await self._call("XADD", add, idempotent=True, key=stream, write=True))
 
     async def xadd_bulk(
         self,
@@ -294,7 +392,7 @@ class RedisClient:
         one raises ValueError/TypeError before anything is sent.
         """
         appender = BulkAppender(
-            lambda op, fn: self._call(op, fn, idempotent=True),
+            lambda op, key, fn: self._call(op, fn, idempotent=True, key=key, write=True),
             self._write_slots,
             self._telemetry,
             stream=stream,
@@ -317,7 +415,11 @@ class RedisClient:
         """
         return bool(
             await self._call(
-                "XGROUP CREATE", lambda r: _create_group(r, stream, group, start_id, mkstream), idempotent=True
+                "XGROUP CREATE",
+                lambda r: _create_group(r, stream, group, start_id, mkstream),
+                idempotent=True,
+                key=stream,
+                write=True,
             )
         )
 
@@ -356,14 +458,22 @@ class RedisClient:
             return await r.execute_command(*args)
 
         blocking = block_ms / 1000 if block_ms is not None else None
-        raw = await self._call("XREADGROUP", read, idempotent=True, blocking=blocking)
+        raw = await self._call("XREADGROUP", read, idempotent=True, blocking=blocking, key=stream)
         return streams.entries(raw[0][1]) if raw else []
 
     async def acknowledge_message(self, stream: Key, group: Key, *ids: str | bytes) -> int:
         """XACK: how many of ``ids`` were pending and are now acknowledged."""
         if not ids:
             return 0
-        return int(await self._call("XACK", lambda r: r.execute_command("XACK", stream, group, *ids), idempotent=True))
+        return int(
+            await self._call(
+                "XACK",
+                lambda r: r.execute_command("XACK", stream, group, *ids),
+                idempotent=True,
+                key=stream,
+                write=True,
+            )
+        )
 
     async def xautoclaim_stale_messages(
         self,
@@ -384,6 +494,8 @@ class RedisClient:
             "XAUTOCLAIM",
             lambda r: r.execute_command("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start_id, "COUNT", count),
             idempotent=True,
+            key=stream,
+            write=True,
         )
         deleted = list(raw[2]) if len(raw) > 2 else []
         return ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
@@ -405,20 +517,40 @@ class RedisClient:
         ``raise_on_error`` the first error reply is raised (outside a transaction the other commands were applied);
         otherwise error replies are returned in place. WATCH is not supported. Telemetry names the call
         ``PIPELINE <COMMAND>`` (``MULTI <COMMAND>``) when all commands are the same, else ``PIPELINE`` (``MULTI``).
+        With ``wait_replicas`` set, a pipeline with any command not known to be read-only ends with one WAIT.
+
+        Cluster mode (:mod:`trading_shared.redis.pipelines`): commands are grouped by hash slot, one round trip per
+        group, groups concurrently; not atomic across slots. A transaction must keep every key in one slot
+        (ValueError otherwise, before anything is sent).
         """
-        pools = await self._connected()
-        recorder = pools.main.pipeline(transaction=False)
+        if self.settings.mode == "standalone":
+            recorder = (await self._connected()).main.pipeline(transaction=False)
+        else:
+            recorder = (await self._connected_router()).route(None).pools.main.pipeline(transaction=False)
         build(recorder)
         stack = [(tuple(args), dict(options)) for args, options in recorder.command_stack]
         if not stack:
             return []
         prefix = "MULTI" if transaction else "PIPELINE"
-        commands = {_command_name(args[0]) for args, _ in stack}
-        operation = f"{prefix} {commands.pop()}" if len(commands) == 1 else prefix
+        names_ = {_command_name(args[0]) for args, _ in stack}
+        write = not names_ <= _READ_ONLY
+        operation = f"{prefix} {next(iter(names_))}" if len(names_) == 1 else prefix
+        if isinstance(self._router, ClusterRouter):
+            return await run_cluster_pipeline(
+                self._call,
+                self._router,
+                stack,
+                operation=operation,
+                transaction=transaction,
+                idempotent=idempotent,
+                raise_on_error=raise_on_error,
+                write=write,
+            )
         replies: list[Any] = await self._call(
             operation,
             lambda r: r.execute_stack(stack, transaction=transaction, raise_on_error=raise_on_error),
             idempotent=idempotent,
+            write=write,
         )
         return replies
 
@@ -429,6 +561,8 @@ class RedisClient:
         *,
         idempotent: bool,
         blocking: float | None = None,
+        key: Key | None = None,
+        write: bool = False,
     ) -> T:
         """Run ``fn(redis)`` through the pipeline, for commands the client lacks.
 
@@ -436,8 +570,12 @@ class RedisClient:
         retries). ``operation`` names the call in telemetry: the command in upper case, low-cardinality.
         ``idempotent`` says it may be re-sent after its request may have reached the server. ``blocking``
         (seconds) runs it on the blocking pool, with the deadline and the read timeout widened by that much.
+        ``key`` routes the call in cluster mode (to the node owning its slot; without it, to any master: fine for
+        keyless commands only); a MOVED/ASK reply re-runs the whole ``fn`` on the node named, so keep ``fn`` to
+        one key's slot and, if it sends several commands, safe to repeat. ``write=True`` confirms each command with
+        WAIT when ``wait_replicas`` is set.
         """
-        return await self._call(operation, fn, idempotent=idempotent, blocking=blocking)
+        return await self._call(operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write)
 
     # -- internals -------------------------------------------------------------------------------------------------
     async def _call(
@@ -447,12 +585,51 @@ class RedisClient:
         *,
         idempotent: bool,
         blocking: float | None = None,
+        key: Key | None = None,
+        write: bool = False,
     ) -> T:
-        pools = self._pools or await self._connected()
+        pools = self._pools
+        if pools is None:
+            if self.settings.mode != "standalone":
+                return await self._routed_call(operation, fn, idempotent, blocking, key, write)
+            pools = await self._connected()
         if blocking is None:
-            return await self._pipeline.call(operation, self._attempt(pools, fn), idempotent=idempotent)
+            return await self._pipeline.call(operation, self._attempt(pools, fn, None, write), idempotent=idempotent)
         attempt = self._attempt(pools, fn, blocking)
         return await self._pipeline.call(operation, attempt, idempotent=idempotent, extra_time=blocking)
+
+    async def _routed_call(
+        self,
+        operation: str,
+        fn: Callable[[Commands], Awaitable[T]],
+        idempotent: bool,
+        blocking: float | None,
+        key: Key | None,
+        write: bool,
+    ) -> T:
+        """A call in sentinel or cluster mode, through the pipeline of the endpoint that serves ``key`` now."""
+        router = self._router or await self._connected_router()
+        endpoint = router.route(key)
+        endpoints = router.endpoints
+        attempt = routed_attempt(
+            router,
+            key,
+            fn,
+            blocking=blocking,
+            write=write,
+            telemetry=self._telemetry,
+            is_open=lambda: not endpoints.closed,
+        )
+        extra = blocking or 0.0
+        try:
+            return await endpoint.pipeline.call(operation, attempt, idempotent=idempotent, extra_time=extra)
+        except CircuitOpenError as rejected:
+            if rejected.attempts:
+                raise  # rejected after attempts on this endpoint: its outcome stands
+            other = await router.reroute(key, endpoint)  # the slot or the master may have moved meanwhile
+            if other is None:
+                raise
+        return await other.pipeline.call(operation, attempt, idempotent=idempotent, extra_time=extra)
 
     async def _connected(self) -> Pools:
         await self.connect()
@@ -461,8 +638,42 @@ class RedisClient:
             raise RuntimeError("RedisClient was closed during connect()")
         return pools
 
+    async def _connected_router(self) -> Router:
+        await self.connect()
+        router = self._router
+        if router is None:  # closed again by a concurrent close()
+            raise RuntimeError("RedisClient was closed during connect()")
+        return router
+
+    async def _start_router(self) -> None:
+        """Discover the deployment (sentinel: the master; cluster: the slot map) through the connect pipeline."""
+        settings = self.settings
+        sentinel = settings.mode == "sentinel"
+        endpoints = Endpoints(settings, self._kwargs, self._telemetry, self._wait, expect_master=sentinel)
+        router: Router = (
+            SentinelRouter(settings, self._kwargs, endpoints) if sentinel else ClusterRouter(settings, endpoints)
+        )
+
+        async def start() -> None:
+            try:
+                await router.start()
+            except ConnectFailed as exc:
+                raise RequestNotSent(exc.original) from exc.original
+
+        try:
+            await self._pipeline.call("connect", start, idempotent=True)
+        except BaseException:
+            await router.close(1.0)
+            raise
+        self._router = router
+        self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
+
     def _attempt(
-        self, pools: Pools, fn: Callable[[Commands], Awaitable[T]], blocking: float | None = None
+        self,
+        pools: Pools,
+        fn: Callable[[Commands], Awaitable[T]],
+        blocking: float | None = None,
+        write: bool = False,
     ) -> Callable[[], Awaitable[T]]:
         telemetry = self._telemetry
 
@@ -471,7 +682,7 @@ class RedisClient:
                 raise RuntimeError("RedisClient was closed while this call was in flight")
             try:
                 if blocking is None:
-                    return await fn(pools.main)
+                    return await fn(pools.writer if write else pools.main)
                 token = BLOCK_SECONDS.set(blocking)
                 try:
                     return await fn(pools.blocking())
@@ -486,10 +697,16 @@ class RedisClient:
         return attempt
 
     def _pool_stats(self) -> PoolStats | None:
+        router = self._router
+        if router is not None:
+            return router.endpoints.stats()
         pools = self._pools
         return pools.stats() if pools is not None else None
 
     def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
+        router = self._router
+        if router is not None:
+            return router.endpoints.breaker_states(self._telemetry.pool_attributes)
         return [(self._telemetry.pool_attributes, self.breaker.state.value)]
 
 
@@ -519,6 +736,17 @@ async def _create_group(r: Commands, stream: Key, group: Key, start_id: str | by
             return False
         raise
     return True
+
+
+#: Commands that never write: a pipeline of only these is not confirmed with WAIT.
+_READ_ONLY = frozenset(
+    {
+        "GET", "MGET", "STRLEN", "GETRANGE", "EXISTS", "TYPE", "TTL", "PTTL", "EXPIRETIME", "HGET", "HMGET",
+        "HGETALL", "HLEN", "HEXISTS", "HKEYS", "HVALS", "LRANGE", "LLEN", "LINDEX", "SMEMBERS", "SISMEMBER",
+        "SCARD", "ZRANGE", "ZSCORE", "ZCARD", "ZRANK", "ZCOUNT", "XRANGE", "XREVRANGE", "XLEN", "XINFO", "XPENDING",
+        "PING", "ECHO", "SCAN", "HSCAN", "SSCAN", "ZSCAN",
+    }
+)  # fmt: skip
 
 
 def _command_name(arg: Any) -> str:

@@ -5,6 +5,10 @@ socket could not even be opened. Only the second proves the command was never se
 which phase it was in. These subclasses re-raise every network failure of ``connect`` (TCP connect, TLS, the
 AUTH/SELECT handshake) as :class:`~.classify.ConnectFailed`, so a non-idempotent command whose connection could not
 be opened may still be retried. Authentication and other errors the server answered with pass through unchanged.
+
+Connections to a master found through Sentinel (keyword :data:`EXPECT_MASTER`) also check ``ROLE`` as the last step
+of connecting, as the Sentinel client guidelines ask: a server that is not (or no longer) a master fails the connect
+with :class:`~.classify.NotMasterError`, so nothing is ever sent to a demoted master on a new connection.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any
 import redis.asyncio.connection as rconn
 import redis.exceptions as rex
 
-from .classify import ConnectFailed
+from .classify import ConnectFailed, NotMasterError
 
 #: Connection keyword argument carrying the callback that receives each successful connect's duration.
 ON_CONNECTED = "ts_on_connected"
+#: Connection keyword argument: True to require ``ROLE`` = master before the connection is used.
+EXPECT_MASTER = "ts_expect_master"
 
 
 class _PhaseMixin:
@@ -27,9 +33,11 @@ class _PhaseMixin:
 
     is_connected: bool
     _ts_on_connected: Callable[[float], None] | None
+    _ts_expect_master: bool
 
     def _ts_init(self, kwargs: dict[str, Any]) -> None:
         self._ts_on_connected = kwargs.pop(ON_CONNECTED, None)
+        self._ts_expect_master = bool(kwargs.pop(EXPECT_MASTER, False))
 
     async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         """Open the connection (redis-py's logic); network failures come out as ConnectFailed."""
@@ -44,8 +52,25 @@ class _PhaseMixin:
             raise
         except (rex.ConnectionError, rex.TimeoutError) as exc:
             raise ConnectFailed(exc) from exc
+        if self._ts_expect_master:
+            await self._ts_check_master()
         if self._ts_on_connected is not None:  # ClientTelemetry.pool_create never raises
             self._ts_on_connected(time.perf_counter() - started)
+
+    async def _ts_check_master(self) -> None:
+        """``ROLE`` on the new connection; anything but a master (or no answer) fails the connect."""
+        try:
+            await self.send_command("ROLE")  # type: ignore[attr-defined]
+            role = await self.read_response()  # type: ignore[attr-defined]
+        except (rex.ConnectionError, rex.TimeoutError) as exc:
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise ConnectFailed(exc) from exc
+        except rex.ResponseError:  # e.g. an ACL without ROLE: the caller's configuration
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise
+        if not isinstance(role, list) or not role or role[0] not in (b"master", "master"):
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise ConnectFailed(NotMasterError("the server is not a master (stale sentinel answer or demoted)"))
 
 
 class Connection(_PhaseMixin, rconn.Connection):

@@ -164,22 +164,24 @@ class Commands(aioredis.Redis):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await _ensure_open(conn)
-            if transaction:
-                replies = await self._transaction(conn, stack)
-            else:
-                await conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
-                replies = []
-                for args, options in stack:
-                    try:
-                        replies.append(await self.parse_response(conn, args[0], **dict(options)))
-                    except rex.ResponseError as err:
-                        replies.append(err)
+            replies = await self._run_stack(conn, stack, transaction)
         finally:
             await pool.release(conn)
         if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, rex.ResponseError):
-                    raise reply
+            raise_first_error(replies)
+        return replies
+
+    async def _run_stack(self, conn: rconn.Connection, stack: Sequence[QueuedCommand], transaction: bool) -> list[Any]:
+        """Send the queued commands on ``conn`` and read every reply (error replies in place)."""
+        if transaction:
+            return await self._transaction(conn, stack)
+        await conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
+        replies: list[Any] = []
+        for args, options in stack:
+            try:
+                replies.append(await self.parse_response(conn, args[0], **dict(options)))
+            except rex.ResponseError as err:
+                replies.append(err)
         return replies
 
     async def _transaction(self, conn: rconn.Connection, stack: Sequence[QueuedCommand]) -> list[Any]:
@@ -213,6 +215,13 @@ class Commands(aioredis.Redis):
         return replies
 
 
+def raise_first_error(replies: Sequence[Any]) -> None:
+    """Raise the first error reply of a pipeline, if any."""
+    for reply in replies:
+        if isinstance(reply, rex.ResponseError):
+            raise reply
+
+
 async def _ensure_open(conn: rconn.AbstractConnection) -> None:
     """Reopen a pooled connection whose transport was lost after the pool's readiness check, BEFORE sending.
 
@@ -233,6 +242,8 @@ class Pools:
         self._kwargs = kwargs
         self._settings = settings
         self.main = Commands(aioredis.ConnectionPool(**kwargs))
+        #: The runner for writes: ``main``, or one that confirms each write with WAIT (``wait_replicas``).
+        self.writer: Commands = self.main
         self._blocking: Commands | None = None
         self.closed = False
 
@@ -248,6 +259,18 @@ class Pools:
         pool = self.main.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         await pool.release(conn)
+
+    async def disconnect_idle(self) -> None:
+        """Close the idle connections of both pools (used when the server stopped being the one to talk to).
+
+        Connections in use are left to their callers; a disconnected connection reconnects when next borrowed.
+        """
+        for commands in (self.main, self._blocking):
+            if commands is not None:
+                try:
+                    await commands.connection_pool.disconnect(inuse_connections=False)
+                except (rex.RedisError, OSError):
+                    _log.debug("closing idle redis connections failed", exc_info=True)
 
     def stats(self) -> PoolStats:
         """Idle, used and max connections over both pools; pending is 0 (a full pool fails fast, nobody waits)."""

@@ -17,7 +17,7 @@ Limits: re-sends are recognised for ``dedupe_ttl`` seconds (default 600, far bey
 script needs Redis >= 7.0 (``#!lua`` shebang: refused at its start when the server is out of memory, never half
 run); chunks of one call are written one after another so the messages land in the order given, contiguous per
 chunk (other writers' entries may fall between chunks); a chunk's keys are the stream and its dedupe key, which
-share a hash slot (``{stream}`` tag) as long as the stream name has no braces of its own.
+always share a hash slot (see :func:`dedupe_key`), so a chunk is one single-slot script call in Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -127,7 +127,14 @@ def as_key(name: str | bytes) -> bytes:
 
 
 def dedupe_key(stream: bytes, token: bytes) -> bytes:
-    """The dedupe key of one chunk: same hash slot as the stream (``{stream}``)."""
+    """The dedupe key of one chunk, in the stream's hash slot: ``ts:xadd:{<stream>}:<token>``, or, when the
+    stream name has a hash tag of its own, ``ts:xadd:{<tag>}:<stream>:<token>`` (Redis Cluster hashes only the
+    first ``{...}`` of a key, so ``{<stream>}`` would not land in the stream's slot)."""
+    start = stream.find(b"{")
+    if start > -1:
+        end = stream.find(b"}", start + 1)
+        if end > start + 1:
+            return b"ts:xadd:{" + stream[start + 1 : end] + b"}:" + stream + b":" + token
     return b"ts:xadd:{" + stream + b"}:" + token
 
 
