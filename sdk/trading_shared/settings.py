@@ -169,7 +169,7 @@ def _port(text: str) -> int:
 class RedisSettings(BaseSettings):
     """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``).
 
-    ``mode`` picks the deployment (README.md, "Deployments"): ``standalone`` (the url's server), ``sentinel``
+    ``mode`` picks the deployment (README.md, section Deployments): ``standalone`` (the url's server), ``sentinel``
     (``sentinels`` + ``service_name``; the url gives scheme, credentials and db, its host is not used) or
     ``cluster`` (``cluster_nodes``, or the url's host and port, as startup nodes). Settings of another mode are
     rejected, naming the field.
@@ -216,7 +216,7 @@ class RedisSettings(BaseSettings):
         ge=0,
         le=16,
         description="Replicas that must confirm each write (WAIT) before it counts as done; 0: no WAIT. A write "
-        "confirmed by fewer fails as outcome-unknown (see README.md, "Deployments").",
+        "confirmed by fewer fails as outcome-unknown (see README.md, section Deployments).",
     )
     wait_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds WAIT may take; must be below socket_timeout."
@@ -269,7 +269,7 @@ class RedisSettings(BaseSettings):
         """``(server.address, server.port, db index)`` for telemetry: the configured endpoint, never a password.
 
         standalone: the url's host and port; sentinel: the first sentinel; cluster: the first startup node. Spans of
-        sentinel and cluster calls then name the server that answered (see README.md, "Deployments").
+        sentinel and cluster calls then name the server that answered (see README.md, section Deployments).
         """
         host, port, db, _ = _parse_redis_url(self.url.get_secret_value())
         db = self.db if self.db is not None else db
