@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-echo "== ruff"; .venv/bin/ruff check sdk tests examples benchmarks dashboards
+echo "== ruff"; .venv/bin/ruff check --no-cache .
 echo "== mypy --strict sdk"; .venv/bin/mypy sdk
 echo "== pytest"; .venv/bin/pytest "$@"

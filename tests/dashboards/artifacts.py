@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from promql_tokens import FUNCTIONS, extract
+
 from dashboards.metrics import names
 from dashboards.render import GENERATED_DIR, GRAFANA_ALERTS_FILE, HERE, RULES_FILE
-from promql_tokens import FUNCTIONS, extract
 
 RUNBOOK = HERE / "runbook.md"
 PROMTOOL_TESTS = sorted((HERE / "alerts" / "tests").glob("*.yml"))

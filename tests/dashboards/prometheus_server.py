@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import yaml
+
 from dashboards.panel_queries import panel_queries
 
 __all__ = ["PrometheusError", "PrometheusServer", "free_port", "panel_queries"]

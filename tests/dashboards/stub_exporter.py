@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
 import dashboards.metrics as metrics
 from dashboards.metrics import L, names
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _SYSTEM_POOL = (L.SYSTEM, L.POOL)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import dashboards.config as config
 import pytest
 from artifacts import all_panels, generated_dashboards, unknown_names
-from dashboards.metrics import names
 from promql_tokens import extract, legend_labels
+
+import dashboards.config as config
+from dashboards.metrics import names
 
 PANELS = all_panels()
 DASHBOARDS = generated_dashboards()

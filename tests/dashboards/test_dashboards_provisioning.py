@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 
+import yaml
+
 import dashboards.config as config
 import dashboards.render as render
-import yaml
 
 PROVISIONING = render.HERE / "provisioning"
 

@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import dashboards.config as config
-import dashboards.render as render
-import dashboards.rules as rules
 import pytest
 from artifacts import PROMTOOL_TESTS, RUNBOOK, alert_rules, all_panels, grafana_rules, promtool_tests, unknown_names
 from promql_tokens import extract, template_labels
+
+import dashboards.config as config
+import dashboards.render as render
+import dashboards.rules as rules
 
 ALERTS = alert_rules()
 ALERT_IDS = [r["alert"] for r in ALERTS]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import dashboards.config as config
 import dashboards.render as render
-import pytest
 from dashboards.panel_queries import interpolate, panel_queries
 
 

@@ -10,13 +10,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+from prometheus_server import PrometheusServer, panel_queries
+from stub_exporter import StubExporter
+
 import dashboards.config as config
 import dashboards.render as render
 import dashboards.rules as rules
-import pytest
 from dashboards.metrics import BREAKER_STATE, L, names
-from prometheus_server import PrometheusServer, panel_queries
-from stub_exporter import StubExporter
 
 JOB = "stub-service"
 #: Clients of the stub: one per test, so the tests do not depend on each other's breaker history.

@@ -33,13 +33,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import PrometheusServer, free_port, panel_queries
+
 import dashboards.config as config
 import dashboards.render as render
 import dashboards.rules as rules
 from dashboards.metrics import BREAKER_STATE, L, names
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import PrometheusServer, free_port, panel_queries
-
 from support.servers import PostgresServer, RedisServer
 
 JOB = "sdk-e2e"

@@ -22,9 +22,9 @@ import subprocess
 import time
 from typing import Any
 
+import redis
 from redis.crc import key_slot
 
-import redis
 from support.procs import ServerError, wait_until
 from support.redis_server import RedisReplyError, RedisServer, resp_command
 
