@@ -8,8 +8,9 @@ exits 1):
 * the **producer** appends batches of synthetic ticks with ``xadd_bulk`` (duplicate-free even when re-sent), one
   malformed "poison" tick every ``--poison-every`` ticks;
 * the **consumer** reads the stream through a consumer group, folds ticks into candles (``candles.py``), upserts the
-  changed candles (keyed by symbol + bucket, guarded by the last stream ID: re-running it changes nothing), copies
-  poison entries to ``dlq:<stream>``, and only then acknowledges. After a failure it re-reads its own pending
+  changed candles (keyed by symbol + bucket, guarded by the last stream ID: re-running it changes nothing), moves
+  poison entries to ``dlq:<stream>`` (``dead_letter_message``: copied once, then acknowledged), and only then
+  acknowledges the rest. After a failure it re-reads its own pending
   entries first, so nothing is lost and nothing is counted twice;
 * the **reporter** logs a progress line every ``--report-every`` seconds and writes ``--stats-file``.
 
@@ -43,6 +44,7 @@ from trading_shared import (
     ServiceUnavailableError,
     run_service,
 )
+from trading_shared.redis import StreamEntry
 
 HERE = Path(__file__).resolve().parent
 #: A stream message as RedisClient takes it: field -> value.
@@ -148,7 +150,7 @@ class Consumer:
         self.baseline = 0  # ticks already in the candles table when we started
         self.book = CandleBook(bucket_seconds=args.bucket_seconds)
         self.unacked: list[bytes] = []
-        self.to_dead_letter: list[Fields] = []
+        self.to_dead_letter: dict[bytes, tuple[StreamEntry, str]] = {}  # by ID: a replay re-reads it, once
         self.replaying = True  # first read our own pending entries (left by a previous run or a failure)
 
     async def run(self) -> None:
@@ -195,27 +197,17 @@ class Consumer:
             try:
                 ticks.append((parse_id(entry.id), parse_tick(entry.fields)))
             except PoisonMessage as exc:
-                self.dead_letter(entry.id, entry.fields, str(exc))
+                self.to_dead_letter[entry.id] = (entry, str(exc))  # acknowledged by dead_letter_message
+            else:
+                self.unacked.append(entry.id)
         await self.load({self.book.key(t) for _, t in ticks})
         for entry_id, tick in ticks:
             if self.book.fold(tick, entry_id):
                 self.stats.folded += 1
             else:
                 self.stats.duplicates += 1
-        self.unacked += [e.id for e in entries]
         await self.flush()
         return False
-
-    def dead_letter(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
-        """Queue a poison entry for ``dlq:<stream>`` with where it came from and why."""
-        meta: dict[str | bytes, bytes | str | int | float] = {
-            "dlq.stream": self.args.stream,
-            "dlq.id": entry_id,
-            "dlq.group": self.args.group,
-            "dlq.error": reason,
-        }
-        meta.update(fields.items())
-        self.to_dead_letter.append(meta)
 
     async def load(self, keys: set[CandleKey]) -> None:
         """Bring candles already in the database into memory before folding more ticks into them."""
@@ -229,10 +221,11 @@ class Consumer:
 
     async def flush(self) -> None:
         """Dead-letter, write changed candles, then acknowledge: in that order, each step only once it is safe."""
-        if self.to_dead_letter:
-            await self.redis.xadd_bulk(f"dlq:{self.args.stream}", self.to_dead_letter, dead_letter=False)
-            self.stats.dead_lettered += len(self.to_dead_letter)
-            self.to_dead_letter = []
+        for entry_id, (entry, reason) in list(self.to_dead_letter.items()):  # copied (never twice), then acked
+            await self.redis.dead_letter_message(self.args.stream, self.args.group, entry, reason=reason)
+            self.stats.dead_lettered += 1
+            self.stats.acked += 1
+            del self.to_dead_letter[entry_id]
         if self.book.dirty:
             keys = sorted(self.book.dirty)
             rows = [_candle_row(key, self.book.candles[key]) for key in keys]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
 
 import pytest
 import redis.exceptions as rex
@@ -92,3 +93,22 @@ def test_describe_gives_class_and_resp_code_only(exc: BaseException, described: 
 
 def test_error_code_ignores_non_redis_errors() -> None:
     assert error_code(ValueError("WRONGTYPE")) is None
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        ssl.SSLCertVerificationError(1, "certificate verify failed: unable to get local issuer certificate"),
+        ssl.SSLError(1, "wrong version number"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory"),
+        PermissionError(errno.EACCES, "Permission denied"),
+    ],
+)
+def test_tls_configuration_errors_are_caller_errors(cause: BaseException) -> None:
+    assert ERRORS.classify(ConnectFailed(_with_context(rex.ConnectionError("x"), cause))) is Fault.CALLER
+    assert ERRORS.classify(_with_context(rex.ConnectionError("x"), cause)) is Fault.CALLER
+
+
+def test_tls_connection_closed_mid_handshake_is_transient() -> None:
+    eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert ERRORS.classify(ConnectFailed(_with_context(rex.ConnectionError("x"), eof))) is Fault.UNAVAILABLE

@@ -215,3 +215,16 @@ async def test_pool_metrics_come_from_the_redis_pool(make_redis: Callable[..., R
         assert [v for _, v in otel.points(names.CONNECTION_MAX)] == [7]
         assert [v for _, v in otel.points(names.CONNECTION_PENDING_REQUESTS)] == [0]
         assert sum(v for _, v in otel.points(names.CONNECTION_CREATE_TIME)) >= 1
+
+
+async def test_missing_tls_ca_file_fails_fast_without_retry(redis_server: RedisServer) -> None:
+    url = f"rediss://{redis_server.host}:{redis_server.port}/0?ssl_ca_certs=/nonexistent/ca.pem"
+    r = RedisClient(RedisSettings(url=url, breaker={"fail_max": 1}, retry={"initial_backoff": 0.2}))
+    for _ in range(2):
+        t0 = time.monotonic()
+        with pytest.raises(rex.ConnectionError) as info:
+            await r.get("k")
+        assert not isinstance(info.value, ServiceUnavailableError)
+        assert time.monotonic() - t0 < 0.2  # no backoff: not retried
+    assert r.breaker.state.value == "closed"
+    await r.close()

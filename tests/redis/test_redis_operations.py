@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -133,3 +134,15 @@ async def test_concurrent_calls_share_a_small_pool(make_redis: Callable[..., Red
         assert await r.get("c") == b"8"
         pool = r.connection_pool
         assert pool is not None and len(pool._in_use_connections) == 0
+
+
+@pytest.mark.parametrize("seconds", [0, -1, True, 1.5])
+async def test_expire_rejects_a_non_positive_time_before_sending(
+    make_redis: Callable[..., RedisClient], seconds: Any
+) -> None:
+    async with make_redis() as r:
+        await r.set("precious", "v")
+        with pytest.raises(ValueError, match="seconds must be a positive int"):
+            await r.expire("precious", seconds)
+        assert await r.get("precious") == b"v"  # EXPIRE 0 / -1 would have deleted it
+        assert await r.expire("precious", 60) is True

@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rex
 
 from support.leaks import eventually
 from support.otel import Otel
 from support.proxy import FaultProxy
 from support.servers import RedisServer
 from trading_shared import BulkWriteError, OutcomeUnknownError, RedisClient
+from trading_shared.redis import streams
+from trading_shared.redis.classify import error_code
 from trading_shared.telemetry import names
 
 
@@ -77,25 +80,72 @@ async def test_bulk_with_the_server_down_names_every_message_not_written(
     assert err.may_have_been_applied is False
 
 
-async def test_bulk_chunk_the_server_refuses_goes_to_the_dead_letter_stream(
-    make_redis: Callable[..., RedisClient], redis_url: str, otel: Otel
+async def test_bulk_onto_a_key_that_is_not_a_stream_raises_the_caller_error_unchanged(
+    make_redis: Callable[..., RedisClient], redis_server: RedisServer
 ) -> None:
     async with make_redis() as r:
-        assert await r.xadd_bulk("md:book", [{"i": i} for i in range(250)], chunk_size=100) == 250
-        await r.delete("md:book")
-        await r.set("md:book", "not a stream")  # every chunk now fails with WRONGTYPE
+        await r.set("md:book", "not a stream")
+        with pytest.raises(rex.ResponseError) as info:
+            await r.xadd_bulk("md:book", [{"i": i} for i in range(250)], chunk_size=100)
+        assert not isinstance(info.value, ConnectionError)
+        assert error_code(info.value) == "WRONGTYPE"
+        assert r.breaker.state.value == "closed"
+    assert redis_server.cli("EXISTS", "dlq:md:book") == 0  # a caller error is not dead-lettered
+
+
+async def test_bulk_chunk_that_fails_for_good_goes_to_the_dead_letter_stream(
+    make_proxied: Callable[..., RedisClient], proxy: FaultProxy, redis_url: str, otel: Otel
+) -> None:
+    wide = {f"f{i}": i for i in range(streams.MAX_FIELDS - 1)}  # with "i": the widest message allowed
+    messages: list[dict[str, Any]] = [{"i": i, "payload": b"\xfe"} for i in range(250)]
+    messages[200] = {"i": 200, **wide}
+    async with make_proxied(retry={"max_attempts": 1}) as r:
+        assert await r.xadd_bulk("warmup", [{"x": 1}]) == 1
+        proxy.lose_next_reply()  # the first chunk lands, its reply is lost and it is not retried
         with pytest.raises(BulkWriteError) as info:
-            await r.xadd_bulk("md:book", [{"i": i, "payload": b"\xfe"} for i in range(250)], chunk_size=100)
+            await r.xadd_bulk("md:book", messages, chunk_size=100, maxlen=10_000)
     err = info.value
-    assert err.not_written == tuple(range(250))
+    assert err.outcome_unknown == tuple(range(100))
+    assert err.not_written == tuple(range(100, 250))
     assert err.dead_lettered == tuple(range(250))
     dead = await _all_entries(redis_url, "dlq:md:book")
     assert [int(f[b"dlq.index"]) for _, f in dead] == list(range(250))
     assert [int(f[b"i"]) for _, f in dead] == list(range(250))
-    assert dead[0][1][b"dlq.outcome"] == b"not_written"
-    assert dead[0][1][b"dlq.error"] == b"ResponseError"
+    assert dead[0][1][b"dlq.outcome"] == b"outcome_unknown"
+    assert dead[100][1][b"dlq.outcome"] == b"not_written"
+    assert dead[0][1][b"dlq.error"] == b"ConnectionError"
     assert dead[0][1][b"payload"] == b"\xfe"
+    assert len(dead[200][1]) == streams.MAX_FIELDS + streams.DLQ_META_FIELDS
     assert sum(v for _, v in otel.points(names.DEAD_LETTERED)) == 250
+
+
+async def test_bulk_message_over_the_field_limit_is_rejected_before_anything_is_sent(
+    make_redis: Callable[..., RedisClient], redis_server: RedisServer
+) -> None:
+    big = {f"f{i}": i for i in range(5000)}
+    async with make_redis() as r:
+        with pytest.raises(ValueError, match=r"message 2 has 5000 fields: at most 3900 \(MAX_FIELDS"):
+            await r.xadd_bulk("md:wide", [{"n": 0}, {"n": 1}, big])
+        with pytest.raises(ValueError, match="message 0 has 5000 fields"):
+            await r.xadd("md:wide", big, id="1-1")
+    assert redis_server.cli("EXISTS", "md:wide") == 0
+
+
+async def test_bulk_script_error_in_the_middle_of_a_chunk_is_outcome_unknown(
+    make_redis: Callable[..., RedisClient], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams, "check_field_count", lambda *_: None)  # let a message overflow Lua's unpack
+    big = {f"f{i}": i for i in range(5000)}
+    async with make_redis() as r:
+        with pytest.raises(BulkWriteError) as info:
+            await r.xadd_bulk("md:wide", [{"n": 0}, {"n": 1}, big, {"n": 3}], chunk_size=3)
+    err = info.value
+    assert err.outcome_unknown == (0, 1, 2)  # the script added two before it failed: not "not written"
+    assert err.not_written == (3,)
+    assert err.may_have_been_applied is True
+    assert err.dead_lettered == ()  # the dead-letter chunk with the big message failed the same way, part-way
+    assert "3 more of unknown dead-letter outcome" in str(err)
+    assert [f for _, f in await _all_entries(redis_url, "md:wide")] == [{b"n": b"0"}, {b"n": b"1"}]
 
 
 async def test_bulk_chunk_of_unknown_outcome_is_reported_as_such(
@@ -242,3 +292,30 @@ async def test_bulk_after_the_script_cache_was_flushed(
         assert await r.xadd_bulk("s", [{"i": 1}, {"i": 2}]) == 2
         assert await r.xadd_bulk("s", [{"i": 3}]) == 1
     assert [int(f[b"i"]) for _, f in await _all_entries(redis_url, "s")] == [0, 1, 2, 3]
+
+
+async def test_dead_letter_message_copies_acknowledges_and_never_duplicates(
+    make_proxied: Callable[..., RedisClient], proxy: FaultProxy, redis_url: str, otel: Otel
+) -> None:
+    async with make_proxied() as r:
+        await r.ensure_consumer_group("md:ticks", "g")
+        await r.xadd("md:ticks", {"px": "bad", "raw": b"\xff"})
+        await r.xadd("md:ticks", {"px": "1"})
+        poison, _good = await r.read_stream_messages("md:ticks", "g", "c1")
+        proxy.lose_next_reply()  # the copy is made, its reply lost: the retry must not copy it again
+        copy_id = await r.dead_letter_message("md:ticks", "g", poison, reason="px is not a number")
+        assert await r.dead_letter_message("md:ticks", "g", poison, reason="again") == copy_id  # redelivered
+        assert proxy.stats.replies_lost == 1
+        pending = await r.run("XPENDING", lambda c: c.execute_command("XPENDING", "md:ticks", "g"), idempotent=True)
+        assert pending["pending"] == 1  # only the good entry is still pending
+    dead = await _all_entries(redis_url, "dlq:md:ticks")
+    assert [entry_id for entry_id, _ in dead] == [copy_id]
+    assert dead[0][1] == {
+        b"dlq.stream": b"md:ticks",
+        b"dlq.group": b"g",
+        b"dlq.id": poison.id,
+        b"dlq.error": b"px is not a number",
+        b"px": b"bad",
+        b"raw": b"\xff",
+    }
+    assert sum(v for _, v in otel.points(names.DEAD_LETTERED)) == 1

@@ -336,3 +336,17 @@ async def test_partly_applied_attempts_are_never_rerun_unless_idempotent() -> No
     h.calls = 0
     assert await h.pipeline.call("run", h.script(PartlyApplied(Refused()), "ok"), idempotent=True) == "ok"
     assert h.calls == 2
+
+
+async def test_an_unwrapped_caller_error_keeps_its_root_cause() -> None:
+    h = Harness()
+    try:
+        try:
+            raise FileNotFoundError("ca.pem")
+        except FileNotFoundError:
+            raise Caller("tls misconfigured")  # noqa: B904 - the driver raises it this way
+    except Caller as caller:
+        original = caller
+    with pytest.raises(Caller) as info:
+        await h.pipeline.call("connect", h.script(RequestNotSent(original)), idempotent=True)
+    assert isinstance(info.value.__cause__, FileNotFoundError)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.connection as rconn
 
 from .classify import NotReplicatedError
+from .connection import SENT
 from .pool import BLOCK_SECONDS, Commands, Pools, QueuedCommand, _ensure_open, encode, pack, raise_first_error
 
 #: ``(replicas, timeout in ms)`` for WAIT.
@@ -106,13 +107,21 @@ class BracketedCommands(Commands):
             conn.socket_timeout = self.blocking_base + BLOCK_SECONDS.get()
 
     async def _asking(self, conn: rconn.Connection) -> None:
-        await conn.send_command("ASKING")
+        token = SENT.set(None)  # applies nothing: not a request of the attempt
+        try:
+            await conn.send_command("ASKING")
+        finally:
+            SENT.reset(token)
         await self.parse_response(conn, "ASKING")
 
     async def _confirm(self, conn: rconn.Connection) -> None:
         assert self.confirm_with is not None
         replicas, timeout_ms = self.confirm_with
-        await conn.send_command("WAIT", replicas, timeout_ms)
+        token = SENT.set(None)  # applies nothing: not a request of the attempt
+        try:
+            await conn.send_command("WAIT", replicas, timeout_ms)
+        finally:
+            SENT.reset(token)
         confirmed = int(await self.parse_response(conn, "WAIT"))
         if confirmed < replicas:
             raise NotReplicatedError(confirmed, replicas)

@@ -8,6 +8,9 @@ Error                                                   Fault             Why
 ``MaxConnectionsError``                                 POOL_EXHAUSTED    the client's own pool is full: fail fast
 ``AuthenticationError``, ``AuthorizationError``         CALLER            credentials: retrying cannot help
 ``ConnectionError`` from an unknown host                CALLER            configuration (``EAI_AGAIN`` is transient)
+``ConnectionError`` from TLS set-up: certificate        CALLER            configuration (an SSL EOF, a connection
+verification, other ``SSLError``, a missing or                            closed mid-handshake, is transient)
+unreadable CA/cert/key file
 ``BusyLoadingError`` (LOADING)                          UNAVAILABLE       refused, not applied: the server is loading
 ``ReadOnlyError``, ``TryAgainError``,                   UNAVAILABLE       refused, not applied: failover / resharding
 ``ClusterDownError``, ``MasterDownError``, ``BUSY``,
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 
 import redis.exceptions as rex
 
@@ -115,6 +119,26 @@ def _unknown_host(exc: BaseException) -> bool:
     return False
 
 
+#: TLS errors that say the connection closed mid-handshake (transient), not that the configuration is wrong.
+_SSL_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError, ssl.SSLWantReadError)
+
+
+def _tls_misconfigured(exc: BaseException) -> bool:
+    """A connect failure caused by the TLS configuration: the server's certificate failed verification, another
+    TLS error (protocol version, cipher, bad key), or a CA/cert/key file that is missing or unreadable. redis-py
+    re-raises these as ConnectionError with the original error as cause or context."""
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 5:
+        if isinstance(cause, ssl.SSLError):
+            return not isinstance(cause, _SSL_TRANSIENT)
+        if isinstance(cause, FileNotFoundError | PermissionError | IsADirectoryError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
+
+
 class RedisErrors:
     """Implements the pipeline's DriverErrors for redis-py (asyncio)."""
 
@@ -133,7 +157,7 @@ class RedisErrors:
             if isinstance(exc, NotReplicatedError):
                 return Fault.INDETERMINATE
             if isinstance(exc, rex.ConnectionError):
-                return Fault.CALLER if _unknown_host(exc) else Fault.INDETERMINATE
+                return Fault.CALLER if _unknown_host(exc) or _tls_misconfigured(exc) else Fault.INDETERMINATE
             if isinstance(exc, rex.TimeoutError | rex.InvalidResponse):
                 return Fault.INDETERMINATE
             if isinstance(exc, rex.ResponseError) and error_code(exc) in _REFUSED_CODES:

@@ -14,9 +14,9 @@ import redis.exceptions as rex
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 
-from ..errors import CircuitOpenError
+from ..errors import CircuitOpenError, TradingSharedError
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.faults import RequestNotSent
+from ..resilience.faults import PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import RedisSettings
 from ..telemetry import names
@@ -27,6 +27,7 @@ from .bracketed import CommandSet, Wait
 from .bulk import BulkAppender
 from .classify import ConnectFailed, RedisErrors, error_code
 from .cluster import ClusterRouter, slot_of
+from .connection import SENT, not_sent
 from .endpoints import Endpoints, Router
 from .pipelines import run_cluster_pipeline
 from .pool import BLOCK_SECONDS, Commands, Pools, connection_kwargs
@@ -55,7 +56,7 @@ class RedisClient:
     retried. Blocking reads (BRPOP, XREADGROUP BLOCK) use a pool of their own whose read timeout is the block time
     plus ``socket_timeout``.
 
-    ``settings.mode`` picks the deployment (docs/deployments-redis.md). ``sentinel``: every command goes to the
+    ``settings.mode`` picks the deployment (README.md (Deployments)). ``sentinel``: every command goes to the
     master the sentinels name, and a failover is followed. ``cluster``: every command goes to the master owning its
     key's hash slot (MOVED/ASK followed). In both, each server gets its own pools and breaker (:attr:`breakers`),
     and spans name the server that answered. With ``wait_replicas`` set, writes are confirmed with WAIT.
@@ -238,7 +239,10 @@ class RedisClient:
         )
 
     async def expire(self, key: Key, seconds: int) -> bool:
-        """EXPIRE: True when the key exists and now expires in ``seconds``."""
+        """EXPIRE: True when the key exists and now expires in ``seconds`` (> 0: EXPIRE with 0 or less deletes the key;
+        use :meth:`delete` for that)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds <= 0:
+            raise ValueError("seconds must be a positive int")
         return bool(
             await self._call(
                 "EXPIRE", lambda r: r.execute_command("EXPIRE", key, seconds), idempotent=True, key=key, write=True
@@ -251,7 +255,7 @@ class RedisClient:
         field: Key | None = None,
         value: Value | None = None,
         *,
-        mapping: Mapping[Key, Value] | None = None,
+        mapping: Mapping[str, Value] | Mapping[bytes, Value] | Mapping[Key, Value] | None = None,
     ) -> int:
         """HSET one ``field``/``value`` and/or a ``mapping``; returns the number of fields that were new."""
         items: list[Any] = []
@@ -360,6 +364,7 @@ class RedisClient:
                 "XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False, key=stream, write=True
             )
             return bytes(result)
+        streams.check_field_count(fields, 0)  # a re-send goes through a script (Lua unpack limit)
         tries = 0
 
         async def add(r: Commands) -> Any:
@@ -475,6 +480,36 @@ class RedisClient:
             )
         )
 
+    async def dead_letter_message(self, stream: Key, group: Key, entry: StreamEntry, *, reason: str) -> bytes:
+        """Copy a consumed ``entry`` to ``dlq:<stream>`` (its fields plus ``dlq.stream``, ``dlq.group``, ``dlq.id``,
+        ``dlq.error`` = ``reason``), then acknowledge it in ``group``; returns the ID of the dead-letter copy.
+
+        Safe to re-send and to repeat: the copy is made by a script keyed on the stream, group and entry ID, so a
+        retry after a lost reply, or the same entry dead-lettered again after a crash left it pending, returns the
+        first copy's ID and adds nothing (for :data:`~.streams.DEAD_LETTER_DEDUPE_TTL`). The copy is made before
+        the acknowledgement: a failure in between leaves the entry pending, to be read and dead-lettered again.
+        ``reason`` lands in the stream as is: keep secrets out of it. Counted in the dead-lettered metric once.
+        """
+        source = streams.as_key(stream)
+        group_key = streams.as_key(group)
+        entry_id = streams.as_key(entry.id)
+        fields = streams.consumer_dead_letter_fields(source, group_key, entry_id, reason, entry.fields)
+        streams.check_field_count(fields, 0, streams.MAX_FIELDS + streams.DLQ_META_FIELDS)
+        dlq = streams.DLQ_PREFIX + source
+        keys = [dlq, streams.dedupe_key(dlq, group_key + b":" + entry_id, b"ts:dlq:")]
+        args = [streams.DEAD_LETTER_DEDUPE_TTL, *streams.items(fields, 0)]
+        copy_id, added = await self._call(
+            "DEAD_LETTER",
+            lambda r: streams.DEAD_LETTER.run(r, keys, args),
+            idempotent=True,
+            key=dlq,
+            write=True,
+        )
+        if added:
+            self._telemetry.dead_lettered(1)
+        await self.acknowledge_message(stream, group, entry.id)
+        return bytes(copy_id)
+
     async def xautoclaim_stale_messages(
         self,
         stream: Key,
@@ -513,7 +548,8 @@ class RedisClient:
         trip (inside MULTI/EXEC with ``transaction``) and return the replies in order.
 
         ``build`` runs once; the queued commands are re-sent as a whole after a failure only if the connection
-        could not be opened, or if ``idempotent`` says every command in it is safe to repeat. With
+        could not be opened, or if ``idempotent`` says every command in it is safe to repeat (an error reply such
+        as READONLY, raised while other commands of the pipeline ran, counts as possibly applied). With
         ``raise_on_error`` the first error reply is raised (outside a transaction the other commands were applied);
         otherwise error replies are returned in place. WATCH is not supported. Telemetry names the call
         ``PIPELINE <COMMAND>`` (``MULTI <COMMAND>``) when all commands are the same, else ``PIPELINE`` (``MULTI``).
@@ -546,12 +582,14 @@ class RedisClient:
                 raise_on_error=raise_on_error,
                 write=write,
             )
-        replies: list[Any] = await self._call(
-            operation,
-            lambda r: r.execute_stack(stack, transaction=transaction, raise_on_error=raise_on_error),
-            idempotent=idempotent,
-            write=write,
-        )
+
+        async def send(r: Commands) -> list[Any]:
+            replies = await r.execute_stack(stack, transaction=transaction, raise_on_error=False)
+            if raise_on_error:
+                raise_first_error_partly(replies)
+            return replies
+
+        replies: list[Any] = await self._call(operation, send, idempotent=idempotent, write=write)
         return replies
 
     async def run(
@@ -568,14 +606,18 @@ class RedisClient:
 
         ``redis`` is a ``redis.asyncio.Redis`` on the SDK's pool whose commands each make one attempt (no driver
         retries). ``operation`` names the call in telemetry: the command in upper case, low-cardinality.
-        ``idempotent`` says it may be re-sent after its request may have reached the server. ``blocking``
+        ``idempotent`` says it may be re-sent after its request may have reached the server; once ``fn`` has sent a
+        first command, any later failure (even a connect failure or a "refused" reply) counts as possibly applied,
+        so a non-idempotent ``fn`` is never run twice after it sent something. ``blocking``
         (seconds) runs it on the blocking pool, with the deadline and the read timeout widened by that much.
         ``key`` routes the call in cluster mode (to the node owning its slot; without it, to any master: fine for
         keyless commands only); a MOVED/ASK reply re-runs the whole ``fn`` on the node named, so keep ``fn`` to
         one key's slot and, if it sends several commands, safe to repeat. ``write=True`` confirms each command with
         WAIT when ``wait_replicas`` is set.
         """
-        return await self._call(operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write)
+        return await self._call(
+            operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=True
+        )
 
     # -- internals -------------------------------------------------------------------------------------------------
     async def _call(
@@ -587,15 +629,19 @@ class RedisClient:
         blocking: float | None = None,
         key: Key | None = None,
         write: bool = False,
+        multi: bool = False,
     ) -> T:
+        """``multi``: ``fn`` may send several requests (a caller's ``run``), so once one of them has been sent, a
+        later failure is read as :class:`~trading_shared.resilience.faults.PartlyApplied`."""
         pools = self._pools
         if pools is None:
             if self.settings.mode != "standalone":
-                return await self._routed_call(operation, fn, idempotent, blocking, key, write)
+                return await self._routed_call(operation, fn, idempotent, blocking, key, write, multi)
             pools = await self._connected()
         if blocking is None:
-            return await self._pipeline.call(operation, self._attempt(pools, fn, None, write), idempotent=idempotent)
-        attempt = self._attempt(pools, fn, blocking)
+            attempt = self._attempt(pools, fn, None, write, multi)
+            return await self._pipeline.call(operation, attempt, idempotent=idempotent)
+        attempt = self._attempt(pools, fn, blocking, multi=multi)
         return await self._pipeline.call(operation, attempt, idempotent=idempotent, extra_time=blocking)
 
     async def _routed_call(
@@ -606,6 +652,7 @@ class RedisClient:
         blocking: float | None,
         key: Key | None,
         write: bool,
+        multi: bool = False,
     ) -> T:
         """A call in sentinel or cluster mode, through the pipeline of the endpoint that serves ``key`` now."""
         router = self._router or await self._connected_router()
@@ -619,6 +666,7 @@ class RedisClient:
             write=write,
             telemetry=self._telemetry,
             is_open=lambda: not endpoints.closed,
+            multi=multi,
         )
         extra = blocking or 0.0
         try:
@@ -674,12 +722,15 @@ class RedisClient:
         fn: Callable[[Commands], Awaitable[T]],
         blocking: float | None = None,
         write: bool = False,
+        multi: bool = False,
     ) -> Callable[[], Awaitable[T]]:
         telemetry = self._telemetry
 
         async def attempt() -> T:
             if pools.closed:
                 raise RuntimeError("RedisClient was closed while this call was in flight")
+            sent = [0] if multi else None
+            counting = SENT.set(sent) if sent is not None else None
             try:
                 if blocking is None:
                     return await fn(pools.writer if write else pools.main)
@@ -688,11 +739,18 @@ class RedisClient:
                     return await fn(pools.blocking())
                 finally:
                     BLOCK_SECONDS.reset(token)
-            except ConnectFailed as exc:  # the connection could not be opened: nothing was sent
-                raise RequestNotSent(exc.original) from exc.original
+            except ConnectFailed as exc:  # the connection could not be opened: this request was not sent
+                raise not_sent(exc, sent) from exc.original
             except rex.MaxConnectionsError:
                 telemetry.pool_timeout()
                 raise
+            except Exception as exc:
+                if sent is not None and sent[0] > 1 and not isinstance(exc, TradingSharedError):
+                    raise PartlyApplied(exc) from exc  # an earlier request of this attempt was sent
+                raise
+            finally:
+                if counting is not None:
+                    SENT.reset(counting)
 
         return attempt
 
@@ -747,6 +805,16 @@ _READ_ONLY = frozenset(
         "PING", "ECHO", "SCAN", "HSCAN", "SSCAN", "ZSCAN",
     }
 )  # fmt: skip
+
+
+def raise_first_error_partly(replies: Sequence[Any]) -> None:
+    """Raise a pipeline's first error reply; as PartlyApplied when another command of it ran (it was applied and
+    stays applied: neither a pipeline nor MULTI/EXEC rolls back after an error reply)."""
+    for reply in replies:
+        if isinstance(reply, rex.ResponseError):
+            if any(not isinstance(other, rex.ResponseError) for other in replies):
+                raise PartlyApplied(reply) from reply
+            raise reply
 
 
 def _command_name(arg: Any) -> str:

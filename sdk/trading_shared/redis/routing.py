@@ -19,10 +19,12 @@ from typing import TypeVar
 import redis.exceptions as rex
 from opentelemetry import trace
 
+from ..errors import TradingSharedError
 from ..resilience.faults import PartlyApplied, RequestNotSent
 from ..telemetry.client import ClientTelemetry
 from .classify import ConnectFailed, RedisErrors, TooManyRedirects
 from .cluster import MAX_REDIRECTS
+from .connection import SENT, not_sent
 from .endpoints import Endpoint, Key, Router
 from .pool import BLOCK_SECONDS, Commands
 
@@ -39,12 +41,32 @@ def routed_attempt(
     write: bool,
     telemetry: ClientTelemetry,
     is_open: Callable[[], bool],
+    multi: bool = False,
 ) -> Callable[[], Awaitable[T]]:
-    """The attempt function for :meth:`Pipeline.call <trading_shared.resilience.Pipeline.call>`."""
+    """The attempt function for :meth:`Pipeline.call <trading_shared.resilience.Pipeline.call>`.
+
+    ``multi``: ``fn`` may send several requests; once one was sent, later failures come out as PartlyApplied."""
 
     async def attempt() -> T:
         if not is_open():
             raise RuntimeError("RedisClient was closed while this call was in flight")
+        sent = [0] if multi else None
+        counting = SENT.set(sent) if sent is not None else None
+        try:
+            return await routed()
+        except ConnectFailed as exc:
+            raise not_sent(exc, sent) from exc.original
+        except PartlyApplied:
+            raise
+        except Exception as exc:
+            if sent is not None and sent[0] > 1 and not isinstance(exc, TradingSharedError | RequestNotSent):
+                raise PartlyApplied(exc) from exc  # an earlier request of this attempt was sent
+            raise
+        finally:
+            if counting is not None:
+                SENT.reset(counting)
+
+    async def routed() -> T:
         endpoint = router.route(key)
         asking = False
         for _ in range(MAX_REDIRECTS + 1):
@@ -62,9 +84,9 @@ def routed_attempt(
             except rex.AskError as redirect:  # MOVED (a subclass) or ASK: not executed, re-send to the node named
                 endpoint = router.redirected(redirect)
                 asking = not isinstance(redirect, rex.MovedError)
-            except ConnectFailed as exc:  # the connection could not be opened: nothing was sent
+            except ConnectFailed:  # the connection could not be opened: this request was not sent
                 await router.failed(endpoint, started)
-                raise RequestNotSent(exc.original) from exc.original
+                raise
             except rex.MaxConnectionsError:
                 telemetry.pool_timeout()
                 raise

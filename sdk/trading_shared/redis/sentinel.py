@@ -17,7 +17,7 @@ Bound on following a failover: a call started after the sentinels switched reach
 attempt if an earlier failure already triggered a look-up, else on its second (one failed attempt, one look-up,
 one backoff). An old master that stays up and writable after a forced failover is only detected through
 ``READONLY`` (once the sentinels reconfigure it, ~10 s with default sentinel timers) or, sooner, through ``WAIT``
-falling short when ``wait_replicas`` is set (docs/deployments-redis.md).
+falling short when ``wait_replicas`` is set (README.md (Deployments)).
 """
 
 from __future__ import annotations

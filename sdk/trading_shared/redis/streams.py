@@ -4,9 +4,11 @@ Bulk XADD, the no-duplicate design
 ----------------------------------
 Each chunk of messages is ONE call of a Lua script that first checks a dedupe key made of the stream name and a
 random per-chunk token, and if it is absent runs the chunk's XADDs and sets the key (with a TTL) in the same atomic
-step. A script runs atomically, so a chunk is applied entirely or not at all, and a chunk re-sent after its reply was
-lost finds its key and returns the stored count without adding anything. Hence the chunk call is idempotent by
-construction and the pipeline may re-send it after any connection failure.
+step. A script runs atomically, so a chunk is applied entirely or not at all (Redis does not roll a script back
+after an error in its middle: messages are validated before any I/O, see :func:`pack_message`, so that no XADD of
+a chunk fails after an earlier one; should one still, the chunk is reported as of unknown outcome), and a chunk
+re-sent after its reply was lost finds its key and returns the stored count without adding anything. Hence the
+chunk call is idempotent by construction and the pipeline may re-send it after any connection failure.
 
 Why not explicit entry IDs (re-sent entries rejected as "equal or smaller than the top item")? That needs exactly
 one writer per stream that owns the ID sequence and a clock that never steps back, and the rejection is only
@@ -32,11 +34,22 @@ import redis.exceptions as rex
 
 from .pool import Commands, encode, pack
 
-#: A stream message: field -> value. Values are bytes (stored as is), str (UTF-8), int or float.
-Fields = Mapping[str | bytes, bytes | str | int | float]
+#: A field value: bytes (stored as is), str (UTF-8), int or float.
+FieldValue = bytes | str | int | float
+#: A stream message: field -> value. A union of mappings because ``Mapping`` is invariant in its key type: so that
+#: ``dict[str, str]``, ``dict[bytes, bytes]`` and ``dict[str | bytes, ...]`` are all accepted.
+Fields = Mapping[str, FieldValue] | Mapping[bytes, FieldValue] | Mapping[str | bytes, FieldValue]
 
 DLQ_PREFIX = b"dlq:"
 DEFAULT_DEDUPE_TTL = 600
+#: The ``dlq.*`` metadata fields a dead-lettered message carries on top of its own.
+DLQ_META_FIELDS = 5
+#: Most fields one message may have in a bulk append or an explicit-ID XADD: the scripts pass a message's fields to
+#: XADD with Lua's ``unpack``, which fails above ~8,000 values (an error in the middle of a chunk, after earlier
+#: messages were added). Room is left for the XADD options and the dead-letter metadata.
+MAX_FIELDS = 3_900
+#: Largest field name or value (bytes): the server's default ``proto-max-bulk-len`` (512 MiB).
+MAX_ITEM_BYTES = 512 * 1024 * 1024
 
 
 class StreamEntry(NamedTuple):
@@ -126,7 +139,23 @@ def as_key(name: str | bytes) -> bytes:
     return name if isinstance(name, bytes) else name.encode()
 
 
-def dedupe_key(stream: bytes, token: bytes) -> bytes:
+#: KEYS: dead-letter stream, dedupe key (see :func:`dedupe_key`). ARGV: ttl, then the entry's fields and values.
+#: Copies the entry once: a re-send (lost reply, or the same entry dead-lettered again after a redelivery) finds the
+#: dedupe key and returns the ID of the first copy. Returns ``{id, 1 if this call added it else 0}``.
+DEAD_LETTER = LuaScript(
+    """#!lua
+local done = redis.call('GET', KEYS[2])
+if done then return {done, 0} end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[2], id, 'EX', tonumber(ARGV[1]))
+return {id, 1}
+"""
+)
+#: How long a consumer-side dead-letter copy is remembered (a redelivered entry is dead-lettered again).
+DEAD_LETTER_DEDUPE_TTL = 7 * 24 * 3600
+
+
+def dedupe_key(stream: bytes, token: bytes, prefix: bytes = b"ts:xadd:") -> bytes:
     """The dedupe key of one chunk, in the stream's hash slot: ``ts:xadd:{<stream>}:<token>``, or, when the
     stream name has a hash tag of its own, ``ts:xadd:{<tag>}:<stream>:<token>`` (Redis Cluster hashes only the
     first ``{...}`` of a key, so ``{<stream>}`` would not land in the stream's slot)."""
@@ -134,8 +163,8 @@ def dedupe_key(stream: bytes, token: bytes) -> bytes:
     if start > -1:
         end = stream.find(b"}", start + 1)
         if end > start + 1:
-            return b"ts:xadd:{" + stream[start + 1 : end] + b"}:" + stream + b":" + token
-    return b"ts:xadd:{" + stream + b"}:" + token
+            return prefix + b"{" + stream[start + 1 : end] + b"}:" + stream + b":" + token
+    return prefix + b"{" + stream + b"}:" + token
 
 
 def new_token() -> bytes:
@@ -158,13 +187,25 @@ def items(fields: Fields, index: int) -> list[bytes]:
     return out
 
 
-def pack_message(fields: Fields, index: int) -> tuple[bytes, int]:
+def check_field_count(fields: Fields, index: int, limit: int = MAX_FIELDS) -> None:
+    """Reject a message with more fields than a script can pass to XADD (ValueError, before any I/O)."""
+    if len(fields) > limit:
+        raise ValueError(
+            f"message {index} has {len(fields)} fields: at most {limit} (MAX_FIELDS, the scripts' Lua unpack limit)"
+        )
+
+
+def pack_message(fields: Fields, index: int, limit: int = MAX_FIELDS) -> tuple[bytes, int]:
     """One message as the bulk script reads it: RESP of ``[n, f1, v1, ...]`` and its argument count.
 
-    redis-py packs every argument of every command in Python, which is most of a bulk append's client time; each
-    message is packed here once, and a chunk is then one join of its messages.
+    Validates it first (ValueError naming the limit and ``index``): at most ``limit`` fields, none over
+    :data:`MAX_ITEM_BYTES`. redis-py packs every argument of every command in Python, which is most of a bulk
+    append's client time; each message is packed here once, and a chunk is then one join of its messages.
     """
+    check_field_count(fields, index, limit)
     encoded = items(fields, index)
+    if any(len(item) > MAX_ITEM_BYTES for item in encoded):
+        raise ValueError(f"message {index} has a field or value over {MAX_ITEM_BYTES} bytes (MAX_ITEM_BYTES)")
     return pack([b"%d" % len(encoded), *encoded]), len(encoded) + 1
 
 
@@ -200,6 +241,20 @@ def entries(raw: Any) -> list[StreamEntry]:
     return out
 
 
+def consumer_dead_letter_fields(stream: bytes, group: bytes, entry_id: bytes, reason: str, fields: Fields) -> Fields:
+    """A consumed entry as dead-lettered: ``dlq.*`` metadata first, then the entry's own fields (a field of the
+    entry named like the metadata does not replace it)."""
+    meta: dict[str | bytes, bytes | str | int | float] = {
+        b"dlq.stream": stream,
+        b"dlq.group": group,
+        b"dlq.id": entry_id,
+        b"dlq.error": reason,
+    }
+    for name, value in fields.items():
+        meta.setdefault(name if isinstance(name, bytes) else name.encode(), value)
+    return meta
+
+
 def dead_letter_fields(stream: bytes, index: int, outcome: bytes, error: str, token: bytes, fields: Fields) -> Fields:
     """A dead-lettered message: ``dlq.*`` metadata first, then the message's own fields."""
     meta: dict[str | bytes, bytes | str | int | float] = {
@@ -209,5 +264,5 @@ def dead_letter_fields(stream: bytes, index: int, outcome: bytes, error: str, to
         b"dlq.error": error,
         b"dlq.token": token,
     }
-    meta.update(fields)
+    meta.update(fields.items())
     return meta

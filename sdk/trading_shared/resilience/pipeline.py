@@ -132,7 +132,8 @@ class Pipeline:
                         owed = None  # the server answered
                         if original is exc:
                             raise
-                        raise original from original.__cause__
+                        # unwrapped from a marker: keep its own root cause (raising here would replace its context)
+                        raise original from original.__cause__ or original.__context__
                     if not fault.infrastructure:
                         self.breaker.release(ticket)
                     elif self.breaker.is_trial(ticket):
