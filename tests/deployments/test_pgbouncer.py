@@ -51,6 +51,10 @@ EXCLUDED: dict[str, str] = {
         "terminates conn.get_server_pid(): behind PgBouncer that is PgBouncer's cancel key, not a backend pid; "
         "re-done below with pg_backend_pid() taken inside the transaction"
     ),
+    "test_multi_statement_run_is_not_rerun_after_a_statement_was_applied": (
+        "terminates conn.get_server_pid(), PgBouncer's cancel key behind a pooler, so the client connection "
+        "survives and nothing fails; the PartlyApplied rule itself is pooler-independent (tests/unit)"
+    ),
     "test_breaker_opens_fails_without_io_lets_one_trial_through_and_closes": (
         "asserts that the first half-open trial after PostgreSQL is back succeeds: PgBouncer fails the first "
         "client of a pool whose last server login failed at once (check_fast_fail: 'server login has been "

@@ -61,8 +61,7 @@ class PoolGate:
             raise
         except Exception as exc:
             raise RequestNotSent(exc) from exc
-        # Recorded on the loop's next turn, while this operation's query is in flight, not before it is sent.
-        asyncio.get_running_loop().call_soon(self._telemetry.pool_wait, time.perf_counter() - started)
+        self._telemetry.pool_wait(time.perf_counter() - started)
         return conn
 
     async def _wait(self, pool: asyncpg.Pool) -> Any:
@@ -82,13 +81,12 @@ class PoolGate:
 
     def release(self, conn: Any, borrowed_at: float) -> None:
         """Return ``conn`` to the pool in the background (reset first); never raises."""
-        used = time.perf_counter() - borrowed_at
-        task = asyncio.get_running_loop().create_task(self._release(conn, used))
+        self._telemetry.pool_use(time.perf_counter() - borrowed_at)
+        task = asyncio.get_running_loop().create_task(self._release(conn))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
-    async def _release(self, conn: Any, used: float) -> None:
-        self._telemetry.pool_use(used)  # measured when the caller let go; recorded off the caller's path
+    async def _release(self, conn: Any) -> None:
         try:
             await self.pool.release(conn)
         except Exception:
