@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import ssl
@@ -11,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 from asyncpg.exceptions import TargetServerAttributeNotMatched
 
+from ..resilience.faults import NETWORK_ERRNOS as _NETWORK_ERRNOS
 from ..resilience.faults import Fault
 
 #: SQLSTATEs that say the server or the connection failed. The request may have been applied, unless the client
@@ -19,18 +19,6 @@ _INFRASTRUCTURE = frozenset({"57P01", "57P02", "57P03", "53300"})
 _CONFLICT = frozenset({"40001", "40P01"})
 _PROTOCOL_VIOLATION = "08P01"  # class 08, but the server answered: it is the request that is malformed
 _READ_ONLY = "25006"  # read_only_sql_transaction
-_NETWORK_ERRNOS = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.EPIPE,
-        errno.ETIMEDOUT,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETDOWN,
-    }
-)
 
 
 class PoolAcquireTimeout(TimeoutError):

@@ -28,30 +28,18 @@ BUSY) arrive as a plain ``ResponseError`` whose message starts with the code, wh
 
 from __future__ import annotations
 
-import errno
 import socket
 import ssl
 
 import redis.exceptions as rex
 
+from ..resilience.faults import NETWORK_ERRNOS as _NETWORK_ERRNOS
 from ..resilience.faults import Fault
 
 #: RESP error codes (the reply's first word) of requests the server refused without applying them.
 _REFUSED_CODES = frozenset({"BUSY", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
 _REFUSED_TYPES = (rex.BusyLoadingError, rex.ReadOnlyError, rex.TryAgainError, rex.ClusterDownError)
 _AUTH_TYPES = (rex.AuthenticationError, rex.AuthorizationError, rex.ExternalAuthProviderError)
-_NETWORK_ERRNOS = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.EPIPE,
-        errno.ETIMEDOUT,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENETDOWN,
-    }
-)
 
 
 class NotReplicatedError(rex.RedisError):

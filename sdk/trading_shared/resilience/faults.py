@@ -7,6 +7,21 @@ Each driver has a classifier (``postgres/classify.py``, ``redis/classify.py``) t
 from __future__ import annotations
 
 import enum
+import errno
+
+#: Socket errnos that mean the network or the server failed (not the caller): read by both drivers' classifiers.
+NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
 
 
 class Fault(enum.Enum):
