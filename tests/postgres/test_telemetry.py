@@ -154,3 +154,11 @@ def test_global_providers_set_after_the_client_was_built_are_used(pg_dsn: str) -
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "['fetchval'] True"
+
+
+async def test_pool_timing_metrics_can_be_switched_off(make_pg: Callable[..., PostgresClient], otel: Otel) -> None:
+    async with make_pg(pool_timing_metrics=False) as pg:
+        await pg.fetchval("SELECT 1")
+    assert otel.points(names.CONNECTION_WAIT_TIME) == []
+    assert otel.points(names.CONNECTION_USE_TIME) == []
+    assert otel.points(names.OPERATION_DURATION)  # the call itself is still measured

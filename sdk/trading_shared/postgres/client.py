@@ -439,7 +439,13 @@ class PostgresClient:
             )
         except Exception as exc:
             raise RequestNotSent(exc) from exc
-        return PoolGate(pool, max_size=s.max_size, acquire_timeout=s.acquire_timeout, telemetry=telemetry)
+        return PoolGate(
+            pool,
+            max_size=s.max_size,
+            acquire_timeout=s.acquire_timeout,
+            telemetry=telemetry,
+            timing_metrics=s.pool_timing_metrics,
+        )
 
     def _pool_stats(self) -> PoolStats | None:
         gate = self._gate

@@ -34,8 +34,17 @@ _log = logging.getLogger(__name__)
 class PoolGate:
     """Acquire and release connections of one asyncpg pool, with pool metrics."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_size: int, acquire_timeout: float, telemetry: ClientTelemetry):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_size: int,
+        acquire_timeout: float,
+        telemetry: ClientTelemetry,
+        timing_metrics: bool = True,
+    ):
         self.pool = pool
+        self._timing = timing_metrics
         self._max = max_size
         self._timeout = acquire_timeout
         self._telemetry = telemetry
@@ -61,7 +70,8 @@ class PoolGate:
             raise
         except Exception as exc:
             raise RequestNotSent(exc) from exc
-        self._telemetry.pool_wait(time.perf_counter() - started)
+        if self._timing:
+            self._telemetry.pool_wait(time.perf_counter() - started)
         return conn
 
     async def _wait(self, pool: asyncpg.Pool) -> Any:
@@ -81,7 +91,8 @@ class PoolGate:
 
     def release(self, conn: Any, borrowed_at: float) -> None:
         """Return ``conn`` to the pool in the background (reset first); never raises."""
-        self._telemetry.pool_use(time.perf_counter() - borrowed_at)
+        if self._timing:
+            self._telemetry.pool_use(time.perf_counter() - borrowed_at)
         task = asyncio.get_running_loop().create_task(self._release(conn))
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
