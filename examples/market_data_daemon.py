@@ -133,6 +133,9 @@ class Producer:
                 except ServiceUnavailableError as exc:  # nothing written (CircuitOpenError: failed fast)
                     self.stats.error("produce", exc)
                     self.stats.produce_dropped += len(batch)
+                except asyncio.CancelledError:  # stopped mid-write (SIGTERM): some chunks may have landed
+                    self.stats.produce_unknown += len(batch)
+                    raise
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
         finally:
             self.done.set()

@@ -14,7 +14,7 @@ The workload gives every dashboard panel something to show:
   of the 1 s scrape interval, so these moments drift across the scrapes: a scrape sees callers waiting at least
   once every four periods (a period of 1 s could miss them at every scrape).
 * Redis (``quotes-redis``): SET/GET all the time, bulk stream appends, and every ``--dead-letter-every`` seconds a
-  bulk append to a key that is not a stream (WRONGTYPE), whose messages the SDK moves to ``dlq:<key>``.
+  poison message read through a consumer group and moved to ``dlq:<stream>`` with ``dead_letter_message``.
 
 Breakers and retries are short (fail_max 3, reset_timeout 1 s, 3 attempts within a 1 s deadline) so that stopping a
 server opens a breaker within a second and recovery closes it within a second. Failed calls are counted, never
@@ -55,7 +55,7 @@ from trading_shared import (
 
 PG_CLIENT = "orders-pg"  # defaults of --pg-name / --redis-name
 REDIS_CLIENT = "quotes-redis"
-NOT_A_STREAM = "e2e:not-a-stream"
+POISON_STREAM = "e2e:poison"
 
 RETRY = RetrySettings(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, jitter=0.05, deadline=1.0)
 BREAKER = BreakerSettings(fail_max=3, reset_timeout=1.0)
@@ -147,9 +147,12 @@ class Workload:
         await self.redis.xadd_bulk("e2e:ticks", [{"px": 101.25, "qty": i} for i in range(20)], maxlen=1000)
 
     async def _redis_dead_letter(self) -> None:
-        # Nothing but this loop writes the key: after a Redis restart (no persistence) it is set again first.
-        await self.redis.set(NOT_A_STREAM, b"not a stream")
-        await self.redis.xadd_bulk(NOT_A_STREAM, [{"px": 1}, {"px": 2}], dedupe_ttl=60)
+        # A consumer meets a poison message and dead-letters it (copy to dlq:<stream>, acknowledge, count).
+        # The group is (re)created first: after a Redis restart (no persistence) the stream is gone.
+        await self.redis.ensure_consumer_group(POISON_STREAM, "e2e")
+        await self.redis.xadd(POISON_STREAM, {"px": "not-a-price"})
+        for entry in await self.redis.read_stream_messages(POISON_STREAM, "e2e", "worker", count=10):
+            await self.redis.dead_letter_message(POISON_STREAM, "e2e", entry, reason="unparsable price")
 
     async def run(self) -> None:
         """Run every loop until cancelled."""
