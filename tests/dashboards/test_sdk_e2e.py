@@ -56,16 +56,8 @@ BUDGET = 85.0
 
 #: Panel queries the SDK cannot feed yet, and why. They must still return nothing: once the SDK emits the metric,
 #: this test fails until the entry is removed.
-KNOWN_SDK_GAPS: dict[tuple[str, str], str] = {
-    (f"Connection acquire wait p99 (client={REDIS_CLIENT})", "db_client_connection_wait_time_seconds_bucket"): (
-        "RedisClient never records db.client.connection.wait_time: in sdk/trading_shared/redis/pool.py, "
-        "Commands.execute_command / execute_packed / execute_stack and Pools.open_one do not time get_connection()"
-    ),
-    (f"Connection use and create time p99 (client={REDIS_CLIENT})", "db_client_connection_use_time_seconds_bucket"): (
-        "RedisClient never records db.client.connection.use_time: in sdk/trading_shared/redis/pool.py, "
-        "Commands.execute_command / execute_packed / execute_stack do not time get_connection() -> release()"
-    ),
-}
+#: Panel queries the SDK cannot feed (none since RedisClient times its bulk, pipeline and blocking-read borrows).
+KNOWN_SDK_GAPS: dict[tuple[str, str], str] = {}
 
 #: Panels (title prefix, client or system) that the scenario must drive above zero at some point.
 MUST_EXCEED_ZERO = [

@@ -76,3 +76,18 @@ async def test_retries_are_attempt_events_on_one_span(make_redis: Callable[..., 
     retries = otel.points(names.RETRIES)
     assert sum(v for _, v in retries) == 3
     assert {a[names.ERROR_TYPE] for a, _ in retries} == {"BusyLoadingError"}
+
+
+async def test_pool_wait_and_use_are_timed_for_bulk_writes_only(
+    make_redis: Callable[..., RedisClient], otel: Otel
+) -> None:
+    async with make_redis() as r:
+        await r.set("k", b"v")
+        await r.get("k")
+        assert otel.points(names.CONNECTION_WAIT_TIME) == []  # single commands stay lean
+        await r.xadd_bulk("md:timed", [{"i": i} for i in range(10)])
+    waits = otel.points(names.CONNECTION_WAIT_TIME)
+    uses = otel.points(names.CONNECTION_USE_TIME)
+    assert waits
+    assert uses
+    assert waits[0][0][names.DB_SYSTEM_NAME] == "redis"

@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.asyncio.connection as rconn
 
+from ..telemetry.client import ClientTelemetry
 from .classify import NotReplicatedError
 from .connection import SENT
 from .pool import BLOCK_SECONDS, Commands, Pools, QueuedCommand, _ensure_open, encode, pack, raise_first_error
@@ -39,8 +40,9 @@ class BracketedCommands(Commands):
         blocking_base: float | None = None,
         asking: bool = False,
         wait: Wait | None = None,
+        timing: ClientTelemetry | None = None,
     ) -> None:
-        super().__init__(pool, blocking_base=blocking_base)
+        super().__init__(pool, blocking_base=blocking_base, timing=timing)
         self.ask_first = asking
         self.confirm_with = wait
 
@@ -62,9 +64,7 @@ class BracketedCommands(Commands):
 
     async def execute_packed(self, name: str, head: Sequence[Any], body: bytes, body_args: int) -> Any:
         """Like :meth:`Commands.execute_packed <.pool.Commands.execute_packed>`, bracketed."""
-        pool = self.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        async with self.borrow() as conn:
             await self._prepare(conn)
             if self.ask_first:
                 await self._asking(conn)
@@ -75,16 +75,12 @@ class BracketedCommands(Commands):
             if self.confirm_with is not None:
                 await self._confirm(conn)
             return reply
-        finally:
-            await pool.release(conn)
 
     async def execute_stack(
         self, stack: Sequence[QueuedCommand], *, transaction: bool, raise_on_error: bool
     ) -> list[Any]:
         """Like :meth:`Commands.execute_stack <.pool.Commands.execute_stack>`, bracketed (WAIT once, at the end)."""
-        pool = self.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+        async with self.borrow() as conn:
             await self._prepare(conn)
             if self.ask_first and not transaction:
                 interleaved = [item for command in stack for item in (_ASKING, command)]
@@ -95,8 +91,6 @@ class BracketedCommands(Commands):
                 replies = await self._run_stack(conn, stack, transaction)
             if self.confirm_with is not None:
                 await self._confirm(conn)
-        finally:
-            await pool.release(conn)
         if raise_on_error:
             raise_first_error(replies)
         return replies
@@ -145,6 +139,8 @@ class CommandSet:
         found = self._built.get(key)
         if found is None:
             base = self.pools.blocking() if blocking else self.pools.main
-            found = BracketedCommands(base.connection_pool, blocking_base=base.blocking_base, asking=asking, wait=wait)
+            found = BracketedCommands(
+                base.connection_pool, blocking_base=base.blocking_base, asking=asking, wait=wait, timing=base.timing
+            )
             self._built[key] = found
         return found

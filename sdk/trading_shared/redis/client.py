@@ -116,7 +116,7 @@ class RedisClient:
         if self._pools is None:
             async with self._lock:
                 if self._pools is None:
-                    pools = Pools(self._kwargs, self.settings)
+                    pools = Pools(self._kwargs, self.settings, timing=self._telemetry)
                     if self._wait is not None:
                         pools.writer = CommandSet(pools, self._wait).writer
                     try:

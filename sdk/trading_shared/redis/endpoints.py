@@ -77,7 +77,7 @@ class Endpoints:
             if self.closed:
                 raise RuntimeError("RedisClient was closed while this call was in flight")
             settings = self._settings
-            pools = Pools({**self._kwargs, "host": host, "port": port}, settings)
+            pools = Pools({**self._kwargs, "host": host, "port": port}, settings, timing=self._telemetry)
             breaker = CircuitBreaker(settings.breaker, f"{settings.name} {host}:{port}")
             pipeline = Pipeline(
                 retry=settings.retry,
