@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +195,7 @@ async def _audit(pair: Pair, book: Book) -> dict[str, Any]:
         "said_not_applied_but_present": sorted(book.failed & present),
         "events_without_ledger": sorted(set(events) - ledger),
     }
-    assert not book.errors, f"unexpected errors: {book!r} {book.errors[:3]!r}"
+    assert not book.errors, f"unexpected errors: {book!r}\n" + "".join(traceback.format_exception(book.errors[0]))
     assert figures["lost"] == [], figures
     assert figures["duplicated"] == [], figures
     assert figures["said_not_applied_but_present"] == [], figures
@@ -312,6 +313,21 @@ async def test_after_promotion_prefer_standby_falls_back_to_the_host_that_answer
     conn = await connect_each_host(pair.dsn("prefer-standby"), timeout=2)
     try:
         assert await conn.fetchval("SELECT inet_server_port()") == pair.standby.port
+    finally:
+        await conn.close()
+
+
+async def test_read_write_target_never_falls_back_to_a_standby_in_recovery(pair: Pair) -> None:
+    """The primary is down and the standby not yet promoted: no host is read-write, so connecting must fail (and
+    the pipeline retries until the promotion) rather than hand out a connection to the standby."""
+    await asyncio.to_thread(pair.primary.stop, "fast")
+    with pytest.raises(asyncpg.exceptions.TargetServerAttributeNotMatched):
+        await connect_each_host(pair.dsn("read-write"), timeout=2)
+    with pytest.raises(asyncpg.exceptions.TargetServerAttributeNotMatched):
+        await connect_each_host(pair.dsn("primary"), timeout=2)
+    conn = await connect_each_host(pair.dsn("standby"), timeout=2)
+    try:
+        assert await conn.fetchval("SELECT pg_is_in_recovery()") is True
     finally:
         await conn.close()
 

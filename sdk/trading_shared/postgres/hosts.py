@@ -54,10 +54,13 @@ async def connect_each_host(dsn: str, *args: Any, connect: Connect = asyncpg.con
             return await connect(_with_attrs(host, "standby") if attrs == "prefer-standby" else host, *args, **kwargs)
         except TargetServerAttributeNotMatched as exc:
             last = exc
-            answered.append(host)
+            if attrs == "prefer-standby":
+                answered.append(host)
         except _NEXT_HOST as exc:
             last = exc
-    for host in answered:  # prefer-standby found no standby: any host that answered will do
+    # Only prefer-standby may fall back. Any other target that no host matched is an error: accepting whatever
+    # answered sent writes to a standby still in recovery while the primary was down (25006 to the caller).
+    for host in answered:
         try:
             return await connect(_with_attrs(host, "any"), *args, **kwargs)
         except _NEXT_HOST as exc:
