@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up everything the demo and the tests need, on a fresh Debian 12 machine:
-#   - server packages (PostgreSQL, Redis, Prometheus, PgBouncer, nftables) with apt when missing and running as root;
+#   - server packages (PostgreSQL, Redis, Prometheus, PgBouncer, nftables, openssl) with apt when missing, as root;
 #   - a virtual environment in .venv with the SDK (editable) and its dev extras.
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postgresql redis-server redis-tools redis-sentinel prometheus pgbouncer nftables procps python3-venv)
+packages=(postgresql redis-server redis-tools redis-sentinel prometheus pgbouncer nftables procps openssl python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

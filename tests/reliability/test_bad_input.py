@@ -38,6 +38,7 @@ from trading_shared import (
     RedisSettings,
     ServiceUnavailableError,
 )
+from trading_shared.redis import PlaintextServerError
 from trading_shared.telemetry import names
 
 from .conftest import REDIS_PASSWORD
@@ -331,11 +332,7 @@ def _commandstats(info: str) -> dict[str, int]:
 
 #: Cases that show a RedisClient bug (described in docs/reliability.md, "Known gaps"); strict: fixing it turns the
 #: xfail into a failure that asks for the mark to go.
-REDIS_KNOWN_BUGS = {
-    "oversized_value": "RedisClient bug: a value over proto-max-bulk-len makes the server reply -ERR and close the "
-    "connection while the client is still writing; the write error reads as a lost connection, so the SET is "
-    "re-sent max_attempts times and the call counts against the breaker",
-}
+REDIS_KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -379,11 +376,6 @@ async def test_redis_bad_input(secured_env: RedisEnv, otel: Otel, case: str) -> 
         assert await r.get("value") == b"not a number \xff"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisClient bug: rediss:// against a plain server waits for the TLS "
-    "handshake to time out, then retries it until the deadline (see docs/reliability.md)",
-)
 async def test_redis_tls_against_a_plain_server_fails_fast_and_once(redis_env: RedisEnv, otel: Otel) -> None:
     url = redis_env.url().replace("redis://", "rediss://") + "?ssl_cert_reqs=none"
     client = redis_env.client(url=url, socket_connect_timeout=0.5, retry={"deadline": 5.0, "max_attempts": 5})
@@ -391,7 +383,8 @@ async def test_redis_tls_against_a_plain_server_fails_fast_and_once(redis_env: R
     with pytest.raises((OSError, rex.RedisError)) as info:
         await client.connect()
     took = time.monotonic() - started
-    assert not isinstance(info.value, ServiceUnavailableError), repr(info.value)
+    assert isinstance(info.value, PlaintextServerError), repr(info.value)
+    assert "redis://" in str(info.value)
     assert took < 0.5 + 0.25
     _no_retries(otel)
     _breaker_untouched(client)

@@ -7,7 +7,14 @@ Imports of the real ``redis`` package in this subpackage are absolute (``import 
 this subpackage never shadows it.
 """
 
-from .classify import MasterNotFoundError, NotMasterError, NotReplicatedError, RedisErrors, TooManyRedirects
+from .classify import (
+    MasterNotFoundError,
+    NotMasterError,
+    NotReplicatedError,
+    PlaintextServerError,
+    RedisErrors,
+    TooManyRedirects,
+)
 from .client import CustomRedisClient, RedisClient
 from .streams import ClaimResult, StreamEntry
 
@@ -17,6 +24,7 @@ __all__ = [
     "MasterNotFoundError",
     "NotMasterError",
     "NotReplicatedError",
+    "PlaintextServerError",
     "RedisClient",
     "RedisErrors",
     "StreamEntry",

@@ -8,6 +8,8 @@ Error                                                   Fault             Why
 ``MaxConnectionsError``                                 POOL_EXHAUSTED    the client's own pool is full: fail fast
 ``AuthenticationError``, ``AuthorizationError``         CALLER            credentials: retrying cannot help
 ``ConnectionError`` from an unknown host                CALLER            configuration (``EAI_AGAIN`` is transient)
+:class:`PlaintextServerError` (``rediss://`` to a       CALLER            configuration: the port has no TLS
+server that answers plain RESP)
 ``ConnectionError`` from TLS set-up: certificate        CALLER            configuration (an SSL EOF, a connection
 verification, other ``SSLError``, a missing or                            closed mid-handshake, is transient)
 unreadable CA/cert/key file
@@ -61,6 +63,15 @@ class NotMasterError(rex.ConnectionError):
 
 class MasterNotFoundError(rex.ConnectionError):
     """No sentinel named a master for the service (all unreachable, or none knows the name)."""
+
+
+class PlaintextServerError(rex.ConnectionError):
+    """``rediss://`` (TLS) was asked for, but the server answers plain RESP on that port: a configuration error.
+
+    A plaintext redis-server reads the TLS ClientHello as the start of an inline command and waits for its end, so
+    the handshake only times out. After such a timeout the connection probes the port with a plain ``PING``; an
+    answer means TLS will never work there, and the call fails at once instead of retrying until its deadline.
+    """
 
 
 class TooManyRedirects(rex.RedisError):
@@ -138,7 +149,7 @@ class RedisErrors:
         if isinstance(exc, rex.RedisError):
             if isinstance(exc, rex.MaxConnectionsError):
                 return Fault.POOL_EXHAUSTED
-            if isinstance(exc, _AUTH_TYPES):
+            if isinstance(exc, (*_AUTH_TYPES, PlaintextServerError)):
                 return Fault.CALLER
             if isinstance(exc, (*_REFUSED_TYPES, TooManyRedirects)):
                 return Fault.UNAVAILABLE

@@ -6,6 +6,13 @@ which phase it was in. These subclasses re-raise every network failure of ``conn
 AUTH/SELECT handshake) as :class:`~.classify.ConnectFailed`, so a non-idempotent command whose connection could not
 be opened may still be retried. Authentication and other errors the server answered with pass through unchanged.
 
+Two bad inputs are told apart from outages here, because only the connection sees them. ``rediss://`` against a
+plaintext port: TLS connections open TCP first and run the handshake after it, and a handshake that times out on a
+port that answers a plain ``PING`` raises :class:`~.classify.PlaintextServerError` (a configuration error, not
+retried). A request the server refuses as a protocol error (a value over ``proto-max-bulk-len``) while the client is
+still writing it: the server replies ``-ERR Protocol error`` and closes, so the write fails; the reply already read
+is raised as the server's ``ResponseError`` instead of a lost connection, since nothing of the request was applied.
+
 Connections to a master found through Sentinel (keyword :data:`EXPECT_MASTER`) also check ``ROLE`` as the last step
 of connecting, as the Sentinel client guidelines ask: a server that is not (or no longer) a master fails the connect
 with :class:`~.classify.NotMasterError`, so nothing is ever sent to a demoted master on a new connection.
@@ -13,21 +20,28 @@ with :class:`~.classify.NotMasterError`, so nothing is ever sent to a demoted ma
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio.connection as rconn
 import redis.exceptions as rex
+from redis._parsers.base import BaseParser
 
 from ..resilience.faults import PartlyApplied, RequestNotSent
-from .classify import ConnectFailed, NotMasterError
+from .classify import ConnectFailed, NotMasterError, PlaintextServerError
 
 #: Connection keyword argument carrying the callback that receives each successful connect's duration.
 ON_CONNECTED = "ts_on_connected"
 #: Connection keyword argument: True to require ``ROLE`` = master before the connection is used.
 EXPECT_MASTER = "ts_expect_master"
+
+#: Longest wait for the plain ``PING`` that tells a plaintext port from a hung one after a TLS handshake timeout.
+PLAINTEXT_PROBE_TIMEOUT = 0.25
 
 #: Requests sent during the current attempt of a multi-request call (``[count]``), or None when not counted. Every
 #: request written to a connection after it is open counts; the connect handshake (AUTH, SETNAME, SELECT, ROLE)
@@ -62,7 +76,14 @@ class _PhaseMixin:
             if not self.is_connected:
                 await self.connect_check_health(check_health=False)  # a failure here: nothing was sent
             sent[0] += 1
-        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        reader = getattr(self, "_reader", None)
+        try:
+            await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        except rex.ConnectionError as exc:
+            refused = _protocol_error_reply(reader)
+            if refused is not None:
+                raise refused from exc
+            raise
 
     async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         """Open the connection (redis-py's logic); network failures come out as ConnectFailed."""
@@ -78,6 +99,8 @@ class _PhaseMixin:
             except (rex.AuthenticationError, rex.AuthorizationError, rex.ExternalAuthProviderError, ConnectFailed):
                 raise
             except (rex.ConnectionError, rex.TimeoutError) as exc:
+                if isinstance(exc.__cause__, PlaintextServerError):  # redis-py wraps what _connect raises
+                    raise exc.__cause__ from None
                 raise ConnectFailed(exc) from exc
             if self._ts_expect_master:
                 await self._ts_check_master()
@@ -111,11 +134,48 @@ class Connection(_PhaseMixin, rconn.Connection):
 
 
 class SSLConnection(_PhaseMixin, rconn.SSLConnection):
-    """TLS connection (``rediss://``)."""
+    """TLS connection (``rediss://``): TCP first, then the handshake, both within ``socket_connect_timeout``."""
 
     def __init__(self, **kwargs: Any) -> None:
         self._ts_init(kwargs)
+        self._ts_tcp_only = False
         super().__init__(**kwargs)
+
+    def _connection_arguments(self) -> Any:
+        arguments = dict(super()._connection_arguments())
+        if self._ts_tcp_only:
+            del arguments["ssl"]
+        return arguments
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._ts_tcp_only = True
+        try:
+            await super()._connect()  # type: ignore[no-untyped-call]
+        finally:
+            self._ts_tcp_only = False
+        writer = self._writer
+        assert writer is not None
+        limit = self.socket_connect_timeout
+        try:
+            async with asyncio.timeout(None if limit is None else max(0.0, limit - (loop.time() - started))):
+                await writer.start_tls(self.ssl_context.get(), server_hostname=self.host)
+        except BaseException as exc:
+            writer.close()
+            self._reader = self._writer = None
+            probe = PLAINTEXT_PROBE_TIMEOUT if limit is None else min(limit, PLAINTEXT_PROBE_TIMEOUT)
+            # A plaintext server either waits for the end of the "inline command" (timeout) or, when the ClientHello
+            # happens to hold a newline (about 1 in 3), answers -ERR, which the TLS layer reads as a bad record.
+            plain_like = isinstance(exc, TimeoutError | ssl.SSLError) and not isinstance(
+                exc, ssl.SSLCertVerificationError
+            )
+            if plain_like and await answers_plain_resp(self.host, self.port, probe):
+                raise PlaintextServerError(
+                    f"rediss:// (TLS) to {self.host}:{self.port}, but the server answers plain RESP there: that "
+                    "port has no TLS (use redis://, or the server's tls-port)"
+                ) from None
+            raise
 
 
 class UnixDomainSocketConnection(_PhaseMixin, rconn.UnixDomainSocketConnection):
@@ -132,3 +192,38 @@ SDK_CLASSES: dict[type[rconn.AbstractConnection], type[rconn.AbstractConnection]
     rconn.SSLConnection: SSLConnection,
     rconn.UnixDomainSocketConnection: UnixDomainSocketConnection,
 }
+
+
+async def answers_plain_resp(host: str, port: int, timeout: float) -> bool:
+    """Whether ``host:port`` answers a plain-text ``PING`` with a RESP reply (``+PONG``, ``-NOAUTH``...) in time."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                writer.write(b"PING\r\n")
+                first = await reader.read(1)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    return first in (b"+", b"-")
+
+
+def _protocol_error_reply(reader: Any) -> rex.ResponseError | None:
+    """The ``-ERR Protocol error ...`` reply the server sent before closing, if the failed write left it unread.
+
+    Only when it is the first reply waiting: then the server refused the first request it had not answered, so
+    nothing of the write was applied (asyncio keeps what it read in the stream reader's buffer).
+    """
+    buffered = bytes(getattr(reader, "_buffer", b""))
+    if not buffered.startswith(b"-ERR Protocol error"):
+        return None
+    line, crlf, _ = buffered.partition(b"\r\n")
+    if not crlf:
+        return None
+    error = BaseParser.parse_error(  # type: ignore[no-untyped-call]
+        line[1:].decode("utf-8", "replace")
+    )
+    return error if isinstance(error, rex.ResponseError) else None
