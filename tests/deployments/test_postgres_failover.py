@@ -212,12 +212,16 @@ def _client(dsn: str, otel: Otel | None = None, **overrides: Any) -> PostgresCli
 # ------------------------------------------------------------------------------------------------------ failovers
 
 
-async def test_switchover_fast_stop_then_promote_loses_and_duplicates_nothing(pair: Pair) -> None:
-    """Clean switchover: ``pg_ctl stop -m fast`` sends all WAL to the standby first, so async replication is enough."""
+async def test_switchover_fast_stop_then_promote_loses_and_duplicates_nothing(pair: Pair, otel: Otel) -> None:
+    """Clean switchover: ``pg_ctl stop -m fast`` sends all WAL to the standby first, so async replication is enough.
+    Telemetry follows: spans name the new primary once the client has moved to it."""
     book = Book()
-    async with _client(pair.dsn()) as pg:
+    async with _client(pair.dsn(), otel) as pg:
+        assert await pg.fetchval("SELECT 1") == 1
         timings = await _fail_over(pg, pair, lambda: pair.primary.stop("fast"), book)
         assert await pg.fetchval("SELECT inet_server_port()") == pair.standby.port
+    ports = [(s.attributes or {})[names.SERVER_PORT] for s in otel.spans("fetchval")]
+    assert ports[0] == pair.primary.port and ports[-1] == pair.standby.port, ports
     figures = await _audit(pair, book)
     print(f"\nswitchover: {timings}; {figures}")
 
@@ -379,8 +383,8 @@ async def test_replica_reads_go_to_the_standby_through_their_own_pool(pair: Pair
         assert pg.replica.breaker is not pg.breaker
     spans = otel.spans("fetchval")
     replica_spans = [s for s in spans if (s.attributes or {}).get(names.POOL_NAME) == "postgres-replica"]
-    # Spans name the FIRST host of the replica DSN (here the primary), not the host that answered: documented limit.
-    assert replica_spans and all((s.attributes or {})[names.SERVER_PORT] == pair.primary.port for s in replica_spans)
+    # Spans name the host that answered (the standby), not the first host of the replica DSN (the primary).
+    assert replica_spans and all((s.attributes or {})[names.SERVER_PORT] == pair.standby.port for s in replica_spans)
 
 
 async def test_writes_sent_to_the_replica_are_caller_errors_and_never_fall_back(pair: Pair, otel: Otel) -> None:
@@ -439,3 +443,23 @@ async def test_a_dead_primary_leaves_the_replica_serving(pair: Pair, otel: Otel)
         assert await pg.fetchval("SELECT count(*) FROM plain WHERE id = 'before'", replica=True) == 1
         assert pg.replica.breaker.state.value == "closed"
         assert pg.replica.breaker.failure_count == 0
+
+
+async def test_connect_on_demand_and_replica_fallback_share_one_deadline(pair: Pair, otel: Otel) -> None:
+    """Both servers hang. The first read connects on demand to the replica (its retries use most of the deadline),
+    then falls back to the primary, which connects on demand too: all of it within one ``retry.deadline``, where
+    each inner call used to get a whole deadline of its own (measured 3.4 s here before)."""
+    pg = _routing_client(pair, otel, connect_timeout=0.7, retry={"max_attempts": 2, "initial_backoff": 0.01,
+                         "max_backoff": 0.02, "deadline": 2})  # fmt: skip
+    await asyncio.to_thread(pair.standby.freeze)
+    await asyncio.to_thread(pair.primary.freeze)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError):
+            await pg.fetchval("SELECT 1", replica=True)
+        took = time.monotonic() - started
+    finally:
+        await asyncio.to_thread(pair.primary.thaw)
+        await asyncio.to_thread(pair.standby.thaw)
+        await pg.close()
+    assert took < 2.0 + 0.2, f"{took:.2f} s"

@@ -26,6 +26,7 @@ from trading_shared import (
     set_testing,
 )
 from trading_shared.resilience import BreakerState, CircuitBreaker, Fault, Pipeline, RequestNotSent
+from trading_shared.resilience.deadline import CALL_DEADLINE, enclosing_deadline
 from trading_shared.telemetry import ClientTelemetry, names
 
 
@@ -350,3 +351,59 @@ async def test_an_unwrapped_caller_error_keeps_its_root_cause() -> None:
     with pytest.raises(Caller) as info:
         await h.pipeline.call("connect", h.script(RequestNotSent(original)), idempotent=True)
     assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+async def test_an_enclosing_call_bounds_the_inner_calls_deadline_and_retries() -> None:
+    """Connect on demand, then the operation (or a replica read, then the primary): one deadline for the whole."""
+    h = Harness(attempts=100, deadline=5.0)
+
+    async def hang() -> str:
+        await asyncio.sleep(30)
+        return "never"
+
+    token = enclosing_deadline(0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            await h.pipeline.call("fetch", hang, idempotent=True)
+        assert 0.2 <= time.monotonic() - started < 0.4
+        assert "deadline of 0.2" in str(info.value)
+
+        started = time.monotonic()  # the enclosing end has passed: a retried failure stops at once
+        with pytest.raises(ServiceUnavailableError) as retried:
+            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
+        assert time.monotonic() - started < 0.1
+        assert retried.value.attempts == 1
+    finally:
+        CALL_DEADLINE.reset(token)
+    assert CALL_DEADLINE.get() is None
+
+
+async def test_a_blocking_read_keeps_its_block_time_inside_an_enclosing_call() -> None:
+    h = Harness(deadline=5.0)
+
+    async def block() -> str:
+        await asyncio.sleep(0.3)
+        return "popped"
+
+    token = enclosing_deadline(0.1)
+    try:
+        assert await h.pipeline.call("BRPOP", block, idempotent=True, extra_time=0.5) == "popped"
+        with pytest.raises(DeadlineExceededError):
+            await h.pipeline.call("BRPOP", block, idempotent=True, extra_time=0.1)
+    finally:
+        CALL_DEADLINE.reset(token)
+
+
+async def test_an_inner_enclosing_call_never_extends_an_outer_one() -> None:
+    outer = enclosing_deadline(0.5)
+    try:
+        end = CALL_DEADLINE.get()
+        inner = enclosing_deadline(10.0)
+        assert CALL_DEADLINE.get() == end
+        CALL_DEADLINE.reset(inner)
+        inner = enclosing_deadline(0.01)
+        assert (CALL_DEADLINE.get() or 0.0) < (end or 0.0)
+        CALL_DEADLINE.reset(inner)
+    finally:
+        CALL_DEADLINE.reset(outer)

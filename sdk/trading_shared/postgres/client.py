@@ -19,6 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
+from ..resilience.deadline import CALL_DEADLINE, enclosing_deadline
 from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import PostgresSettings
@@ -27,7 +28,7 @@ from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
 from . import bulk
 from .classify import LoginRefusedError, PostgresErrors, ReadOnlyServerError
-from .hosts import connect_each_host
+from .hosts import connect_each_host, split_hosts
 from .pool import PoolGate
 from .statement_spans import end_statement_scope, statement_scope, traced_connection_class
 
@@ -335,10 +336,15 @@ class PostgresClient:
     ) -> T:
         """``single``: ``fn`` sends one statement (or one transaction), so its failures are read as they are."""
         gate = self._gate
-        if gate is None:
-            await self.connect()
-            gate = self._gate
-            assert gate is not None
+        if gate is None:  # connect on demand: the connect and the call share one deadline
+            token = enclosing_deadline(self.settings.retry.deadline)
+            try:
+                await self.connect()
+                if self._gate is None:
+                    raise RuntimeError("PostgresClient was closed during connect()")
+                return await self._run(operation, fn, idempotent, single=single)
+            finally:
+                CALL_DEADLINE.reset(token)
         traced = self.settings.statement_spans
 
         async def attempt() -> T:
@@ -379,13 +385,17 @@ class PostgresClient:
         nothing, so sending it again is safe. Caller errors are raised as they are.
         """
         assert self._replica is not None
+        token = enclosing_deadline(self.settings.retry.deadline)  # the fallback gets what the replica left
         try:
-            return await read(self._replica)
-        except ServiceUnavailableError as exc:
-            if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
-                raise
-            _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
-        return await read(self)
+            try:
+                return await read(self._replica)
+            except ServiceUnavailableError as exc:
+                if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
+                    raise
+                _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
+            return await read(self)
+        finally:
+            CALL_DEADLINE.reset(token)
 
     def _idempotent(self, query: str, given: bool | None) -> bool:
         if given is not None:
@@ -403,6 +413,7 @@ class PostgresClient:
         if s.statement_spans:
             connection_class = traced_connection_class(self._tracer_provider)
         telemetry = self._telemetry
+        multi_host = len(split_hosts(s.resolved_dsn().get_secret_value())) > 1
 
         async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
             started = time.perf_counter()
@@ -411,6 +422,8 @@ class PostgresClient:
             except asyncpg.ProtocolViolationError as exc:  # refused at login (PgBouncer's errors): transient
                 raise LoginRefusedError(f"login refused ({exc.sqlstate})") from exc
             telemetry.pool_create(time.perf_counter() - started)
+            if multi_host:
+                _name_server(telemetry, conn)
             return conn
 
         extra: dict[str, Any] = {}
@@ -462,6 +475,13 @@ def _lost(cause: BaseException) -> BaseException:
     lost: BaseException = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
     lost.__cause__ = cause
     return lost
+
+
+def _name_server(telemetry: ClientTelemetry, conn: asyncpg.Connection) -> None:
+    """Point telemetry's ``server.address``/``server.port`` at the host a multi-host DSN's connect reached."""
+    address = getattr(conn, "_addr", None)  # asyncpg keeps the (host, port) it connected to; no public accessor
+    if isinstance(address, tuple) and len(address) >= 2:
+        telemetry.set_server(str(address[0]), int(address[1]))
 
 
 def _is_closed(conn: asyncpg.Connection) -> bool:

@@ -16,6 +16,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import CircuitOpenError, TradingSharedError
 from ..resilience.breaker import CircuitBreaker
+from ..resilience.deadline import CALL_DEADLINE, enclosing_deadline
 from ..resilience.faults import PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import RedisSettings
@@ -559,10 +560,19 @@ class RedisClient:
         group, groups concurrently; not atomic across slots. A transaction must keep every key in one slot
         (ValueError otherwise, before anything is sent).
         """
-        if self.settings.mode == "standalone":
+        if self._pools is None and self._router is None:
+            token = enclosing_deadline(self.settings.retry.deadline)  # connect on demand: one deadline for both
+            try:
+                await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
+                return await self.run_pipeline(
+                    build, transaction=transaction, idempotent=idempotent, raise_on_error=raise_on_error
+                )
+            finally:
+                CALL_DEADLINE.reset(token)
+        if self._router is None:
             recorder = (await self._connected()).main.pipeline(transaction=False)
         else:
-            recorder = (await self._connected_router()).route(None).pools.main.pipeline(transaction=False)
+            recorder = self._router.route(None).pools.main.pipeline(transaction=False)
         build(recorder)
         stack = [(tuple(args), dict(options)) for args, options in recorder.command_stack]
         if not stack:
@@ -635,9 +645,16 @@ class RedisClient:
         later failure is read as :class:`~trading_shared.resilience.faults.PartlyApplied`."""
         pools = self._pools
         if pools is None:
-            if self.settings.mode != "standalone":
+            if self._router is not None:
                 return await self._routed_call(operation, fn, idempotent, blocking, key, write, multi)
-            pools = await self._connected()
+            token = enclosing_deadline(self.settings.retry.deadline)  # connect on demand: one deadline for both
+            try:
+                await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
+                return await self._call(
+                    operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=multi
+                )
+            finally:
+                CALL_DEADLINE.reset(token)
         if blocking is None:
             attempt = self._attempt(pools, fn, None, write, multi)
             return await self._pipeline.call(operation, attempt, idempotent=idempotent)
@@ -655,7 +672,8 @@ class RedisClient:
         multi: bool = False,
     ) -> T:
         """A call in sentinel or cluster mode, through the pipeline of the endpoint that serves ``key`` now."""
-        router = self._router or await self._connected_router()
+        router = self._router
+        assert router is not None
         endpoint = router.route(key)
         endpoints = router.endpoints
         attempt = routed_attempt(

@@ -4,12 +4,33 @@
 whole budget of a fast Redis call. One watchdog per client instead keeps in-flight calls in a dict and, every
 ``tick`` seconds while calls are in flight, cancels the tasks of the ones past their deadline. A call's deadline is
 therefore kept to within one tick (50 ms by default); registering and unregistering cost about 0.2 us.
+
+A caller's call that runs several pipeline calls in turn (a connect on demand, then the operation; a read on the
+replica, then its fallback to the primary) must still end within one deadline, not one per inner call. It sets
+:data:`CALL_DEADLINE` (see :func:`enclosing_deadline`), and each inner pipeline call ends by then at the latest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
+
+#: The ``time.monotonic`` end of the enclosing call, or None. A pipeline call ends by this (plus the block time of a
+#: blocking read) even if its own deadline would let it run longer.
+CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "trading_shared_call_deadline", default=None
+)
+
+
+def enclosing_deadline(seconds: float) -> contextvars.Token[float | None]:
+    """Start an enclosing call that must end within ``seconds`` (an earlier enclosing end stays in force).
+
+    Returns the token to pass to ``CALL_DEADLINE.reset`` when the enclosing call ends (always: in a ``finally``).
+    """
+    end = time.monotonic() + seconds
+    outer = CALL_DEADLINE.get()
+    return CALL_DEADLINE.set(end if outer is None or outer > end else outer)
 
 
 class DeadlineWatchdog:

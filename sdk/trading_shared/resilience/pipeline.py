@@ -40,7 +40,7 @@ from ..settings import RetrySettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from .breaker import CircuitBreaker
-from .deadline import DeadlineWatchdog
+from .deadline import CALL_DEADLINE, DeadlineWatchdog
 from .faults import Fault, PartlyApplied, RequestNotSent
 from .retry import RetryPolicy
 
@@ -99,7 +99,11 @@ class Pipeline:
         span = tel.start(operation)
         t0 = time.perf_counter()
         started = time.monotonic()
-        token = self._watchdog.register(started + self._deadline + extra_time)
+        end = started + self._deadline + extra_time
+        enclosing = CALL_DEADLINE.get()
+        if enclosing is not None and enclosing + extra_time < end:
+            end = enclosing + extra_time  # what an enclosing call (connect on demand, replica read) left
+        token = self._watchdog.register(end)
         attempts = 0
         ticket = -1
         owed: int | None = None  # ticket of an infrastructure failure the breaker has not been told of yet
@@ -163,7 +167,7 @@ class Pipeline:
                             attempts=attempts,
                             may_have_been_applied=True,
                         ) from original
-                    delay = self.policy.next_delay(attempts, started, extra_time)
+                    delay = self.policy.next_delay(attempts, started, end - started - self._deadline)
                     tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
                                        fault=fault.value, delay=delay)  # fmt: skip
                     if delay is None:
@@ -207,7 +211,7 @@ class Pipeline:
                 maybe_applied = True  # cut off mid-attempt: the request may have reached the server
             self._settle(owed)
             expired = DeadlineExceededError(
-                f"{operation} did not complete within its deadline of {self._deadline + extra_time:g} s "
+                f"{operation} did not complete within its deadline of {end - started:.3g} s "
                 f"({attempts} attempt(s))",
                 operation=operation,
                 attempts=attempts,

@@ -45,7 +45,7 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` to stop.
 
         ``started`` is the call's ``time.monotonic()`` start; ``extra_time`` widens the deadline for calls that
-        block on purpose (BRPOP, XREADGROUP BLOCK).
+        block on purpose (BRPOP, XREADGROUP BLOCK), or narrows it (negative) for a call inside an enclosing one.
         """
         if _testing_attempts is not None:
             return 0.0 if attempt < min(_testing_attempts, self.settings.max_attempts) else None

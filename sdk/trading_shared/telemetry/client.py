@@ -139,6 +139,13 @@ class ClientTelemetry:
             self._op_attrs[operation] = attrs
         return attrs
 
+    def set_server(self, address: str, port: int) -> None:
+        """Name the server the client now talks to (a multi-host DSN's host that answered, after a failover)."""
+        if self._base[names.SERVER_ADDRESS] == address and self._base[names.SERVER_PORT] == port:
+            return
+        self._base = {**self._base, names.SERVER_ADDRESS: address, names.SERVER_PORT: port}
+        self._op_attrs = {}  # new dicts: calls in flight keep the ones they hold
+
     def _prime(self, instruments: Instruments) -> None:
         """Export this client's event counters at 0 from the start, so ``increase()`` sees their first event."""
         for state in (names.BREAKER_OPEN, names.BREAKER_HALF_OPEN, names.BREAKER_CLOSED):
