@@ -202,3 +202,18 @@ async def test_hung_tls_server_is_an_outage_not_a_configuration_error(
         assert await r.get("k") is None  # back once the server is
     finally:
         await r.close()
+
+
+def test_tls_works_under_uvloop_too(tls_redis: tuple[RedisServer, int], certs: Path) -> None:
+    """The handshake after TCP uses ``StreamWriter.start_tls`` (``loop.start_tls``): uvloop implements it too."""
+    import uvloop
+
+    server, tls_port = tls_redis
+    url = f"rediss://{server.host}:{tls_port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+
+    async def main() -> bytes | None:
+        async with RedisClient(RedisSettings(url=url, **FAST)) as r:
+            await r.set("uvloop-key", b"v")
+            return await r.get("uvloop-key")
+
+    assert uvloop.run(main()) == b"v"
