@@ -458,6 +458,8 @@ async def test_connect_on_demand_and_replica_fallback_share_one_deadline(pair: P
         with pytest.raises(ServiceUnavailableError):
             await pg.fetchval("SELECT 1", replica=True)
         took = time.monotonic() - started
+        assert pg.replica is not None and pg.replica.breaker.failure_count == 1  # its retries ran their course
+        assert pg.breaker.failure_count == 0  # cut by what the replica left: no verdict on the primary
     finally:
         await asyncio.to_thread(pair.primary.thaw)
         await asyncio.to_thread(pair.standby.thaw)

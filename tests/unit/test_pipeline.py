@@ -353,8 +353,9 @@ async def test_an_unwrapped_caller_error_keeps_its_root_cause() -> None:
     assert isinstance(info.value.__cause__, FileNotFoundError)
 
 
-async def test_an_enclosing_call_bounds_the_inner_calls_deadline_and_retries() -> None:
-    """Connect on demand, then the operation (or a replica read, then the primary): one deadline for the whole."""
+async def test_an_enclosing_call_bounds_the_inner_calls_deadline_without_blaming_the_server() -> None:
+    """Connect on demand, then the operation (or a replica read, then the primary): one deadline for the whole.
+    Running out of what an earlier step left is not this server's failure: the breaker is not told."""
     h = Harness(attempts=100, deadline=5.0)
 
     async def hang() -> str:
@@ -368,15 +369,54 @@ async def test_an_enclosing_call_bounds_the_inner_calls_deadline_and_retries() -
             await h.pipeline.call("fetch", hang, idempotent=True)
         assert 0.2 <= time.monotonic() - started < 0.4
         assert "deadline of 0.2" in str(info.value)
+        assert info.value.may_have_been_applied is True
 
-        started = time.monotonic()  # the enclosing end has passed: a retried failure stops at once
-        with pytest.raises(ServiceUnavailableError) as retried:
-            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
-        assert time.monotonic() - started < 0.1
-        assert retried.value.attempts == 1
+        started = time.monotonic()  # the enclosing end has passed: nothing is sent at all
+        with pytest.raises(DeadlineExceededError) as spent:
+            await h.pipeline.call("INCR", h.script("applied"), idempotent=False)
+        assert time.monotonic() - started < 0.05
+        assert spent.value.attempts == 0 and spent.value.may_have_been_applied is False
+        assert h.calls == 0
     finally:
         CALL_DEADLINE.reset(token)
     assert CALL_DEADLINE.get() is None
+    assert h.breaker.failure_count == 0
+
+
+async def test_retries_stopped_by_an_enclosing_budget_do_not_count_against_the_breaker() -> None:
+    h = Harness(attempts=100, deadline=5.0)
+    token = enclosing_deadline(0.1)
+    try:
+        with pytest.raises(ServiceUnavailableError) as info:
+            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
+    finally:
+        CALL_DEADLINE.reset(token)
+    assert info.value.attempts > 1
+    assert h.breaker.failure_count == 0
+    plain = Harness(attempts=2)
+    with pytest.raises(ServiceUnavailableError):  # the same failure under the server's own limits counts
+        await plain.pipeline.call("fetch", plain.script(Refused()), idempotent=True)
+    assert plain.breaker.failure_count == 1
+
+
+async def test_an_attempt_and_the_tasks_it_starts_do_not_inherit_the_enclosing_deadline() -> None:
+    h = Harness()
+    seen: list[float | None] = []
+
+    async def attempt() -> str:
+        seen.append(CALL_DEADLINE.get())
+        await asyncio.create_task(asyncio.sleep(0))
+        task = asyncio.create_task(asyncio.sleep(0, CALL_DEADLINE.get()))
+        seen.append(await task)
+        return "ok"
+
+    token = enclosing_deadline(1.0)
+    try:
+        assert await h.pipeline.call("run", attempt, idempotent=True) == "ok"
+        assert CALL_DEADLINE.get() is not None  # restored for the caller's next step
+    finally:
+        CALL_DEADLINE.reset(token)
+    assert seen == [None, None]
 
 
 async def test_a_blocking_read_keeps_its_block_time_inside_an_enclosing_call() -> None:

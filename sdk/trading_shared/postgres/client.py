@@ -337,11 +337,12 @@ class PostgresClient:
         """``single``: ``fn`` sends one statement (or one transaction), so its failures are read as they are."""
         gate = self._gate
         if gate is None:  # connect on demand: the connect and the call share one deadline
-            token = enclosing_deadline(self.settings.retry.deadline)
+            began = time.monotonic()
+            await self.connect()
+            if self._gate is None:
+                raise RuntimeError("PostgresClient was closed during connect()")
+            token = enclosing_deadline(self.settings.retry.deadline, began)
             try:
-                await self.connect()
-                if self._gate is None:
-                    raise RuntimeError("PostgresClient was closed during connect()")
                 return await self._run(operation, fn, idempotent, single=single)
             finally:
                 CALL_DEADLINE.reset(token)
@@ -385,14 +386,15 @@ class PostgresClient:
         nothing, so sending it again is safe. Caller errors are raised as they are.
         """
         assert self._replica is not None
-        token = enclosing_deadline(self.settings.retry.deadline)  # the fallback gets what the replica left
+        began = time.monotonic()
         try:
-            try:
-                return await read(self._replica)
-            except ServiceUnavailableError as exc:
-                if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
-                    raise
-                _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
+            return await read(self._replica)
+        except ServiceUnavailableError as exc:
+            if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
+                raise
+            _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
+        token = enclosing_deadline(self.settings.retry.deadline, began)  # the fallback gets what the replica left
+        try:
             return await read(self)
         finally:
             CALL_DEADLINE.reset(token)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -561,9 +562,10 @@ class RedisClient:
         (ValueError otherwise, before anything is sent).
         """
         if self._pools is None and self._router is None:
-            token = enclosing_deadline(self.settings.retry.deadline)  # connect on demand: one deadline for both
+            began = time.monotonic()  # connect on demand: the connect and the call share one deadline
+            await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
+            token = enclosing_deadline(self.settings.retry.deadline, began)
             try:
-                await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
                 return await self.run_pipeline(
                     build, transaction=transaction, idempotent=idempotent, raise_on_error=raise_on_error
                 )
@@ -647,9 +649,10 @@ class RedisClient:
         if pools is None:
             if self._router is not None:
                 return await self._routed_call(operation, fn, idempotent, blocking, key, write, multi)
-            token = enclosing_deadline(self.settings.retry.deadline)  # connect on demand: one deadline for both
+            began = time.monotonic()  # connect on demand: the connect and the call share one deadline
+            await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
+            token = enclosing_deadline(self.settings.retry.deadline, began)
             try:
-                await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
                 return await self._call(
                     operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=multi
                 )

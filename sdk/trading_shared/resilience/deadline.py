@@ -6,8 +6,9 @@ whole budget of a fast Redis call. One watchdog per client instead keeps in-flig
 therefore kept to within one tick (50 ms by default); registering and unregistering cost about 0.2 us.
 
 A caller's call that runs several pipeline calls in turn (a connect on demand, then the operation; a read on the
-replica, then its fallback to the primary) must still end within one deadline, not one per inner call. It sets
-:data:`CALL_DEADLINE` (see :func:`enclosing_deadline`), and each inner pipeline call ends by then at the latest.
+replica, then its fallback to the primary) must still end within one deadline, not one per inner call. After the
+first step it sets :data:`CALL_DEADLINE` (see :func:`enclosing_deadline`), and each later pipeline call ends by then
+at the latest. Time a later step loses that way is not the server's fault: it never counts against a breaker.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-def enclosing_deadline(seconds: float) -> contextvars.Token[float | None]:
-    """Start an enclosing call that must end within ``seconds`` (an earlier enclosing end stays in force).
+def enclosing_deadline(seconds: float, started: float | None = None) -> contextvars.Token[float | None]:
+    """Bound the next steps of a caller's call that began at ``started`` (``time.monotonic``; default now) and must
+    end within ``seconds``. An earlier enclosing end stays in force.
 
-    Returns the token to pass to ``CALL_DEADLINE.reset`` when the enclosing call ends (always: in a ``finally``).
+    Set it after the call's first step (which runs under its own deadline), before the steps that follow, and pass
+    the token to ``CALL_DEADLINE.reset`` when the call ends (always: in a ``finally``).
     """
-    end = time.monotonic() + seconds
+    end = (time.monotonic() if started is None else started) + seconds
     outer = CALL_DEADLINE.get()
     return CALL_DEADLINE.set(end if outer is None or outer > end else outer)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 from opentelemetry.trace import Span
 
@@ -99,10 +99,16 @@ class Pipeline:
         span = tel.start(operation)
         t0 = time.perf_counter()
         started = time.monotonic()
-        end = started + self._deadline + extra_time
+        own_end = end = started + self._deadline + extra_time
         enclosing = CALL_DEADLINE.get()
-        if enclosing is not None and enclosing + extra_time < end:
-            end = enclosing + extra_time  # what an enclosing call (connect on demand, replica read) left
+        cleared = None
+        if enclosing is not None:
+            # What an earlier step of the caller's call (a connect on demand, a replica read) left. Running out of
+            # it says nothing about this server, so it never counts against the breaker.
+            end = min(own_end, enclosing + extra_time)
+            if end <= started:
+                self._spent(span, operation, t0)
+            cleared = CALL_DEADLINE.set(None)  # the attempt (a caller's fn, tasks it starts) starts afresh
         token = self._watchdog.register(end)
         attempts = 0
         ticket = -1
@@ -168,6 +174,10 @@ class Pipeline:
                             may_have_been_applied=True,
                         ) from original
                     delay = self.policy.next_delay(attempts, started, end - started - self._deadline)
+                    stopped_by_budget = delay is None and end < own_end
+                    if stopped_by_budget and self.policy.next_delay(attempts, started, extra_time) is not None:
+                        self._neutral(owed)  # the enclosing budget stopped the retries, not this server
+                        owed = None
                     tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
                                        fault=fault.value, delay=delay)  # fmt: skip
                     if delay is None:
@@ -209,6 +219,9 @@ class Pipeline:
             if in_attempt:
                 owed = ticket  # hung past the deadline: an infrastructure failure
                 maybe_applied = True  # cut off mid-attempt: the request may have reached the server
+            if time.monotonic() < own_end:  # cut by what an earlier step left, not by this server's deadline
+                self._neutral(owed)
+                owed = None
             self._settle(owed)
             expired = DeadlineExceededError(
                 f"{operation} did not complete within its deadline of {end - started:.3g} s "
@@ -226,6 +239,22 @@ class Pipeline:
             raise
         finally:
             self._watchdog.unregister(token)
+            if cleared is not None:
+                CALL_DEADLINE.reset(cleared)
+
+    def _neutral(self, owed: int | None) -> None:
+        """Forget a failure the breaker was owed: free its ticket (a trial slot) without counting it."""
+        if owed is not None:
+            self.breaker.release(owed)
+
+    def _spent(self, span: Span | None, operation: str, t0: float) -> NoReturn:
+        """The enclosing call's deadline had passed before this call began: nothing is sent."""
+        expired = DeadlineExceededError(
+            f"{operation} not sent: the call's deadline had already passed", operation=operation, attempts=0,
+            may_have_been_applied=False,
+        )  # fmt: skip
+        self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, 0)
+        raise expired
 
     def _settle(self, owed: int | None) -> None:
         """Tell the breaker that a call failed for good. Blips absorbed by a retry never count against it."""
