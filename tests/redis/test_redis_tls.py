@@ -127,12 +127,16 @@ def tls_redis(certs: Path) -> Iterator[tuple[RedisServer, int]]:
         server.cleanup()
 
 
+def _tls_url(server: RedisServer, tls_port: int, certs: Path, ca: str = "ca") -> str:
+    return f"rediss://{server.host}:{tls_port}/0?ssl_ca_certs={certs / (ca + '.crt')}"
+
+
 @pytest.fixture
 def make_tls(tls_redis: tuple[RedisServer, int], certs: Path, otel: Otel) -> Callable[..., RedisClient]:
     server, tls_port = tls_redis
 
     def make(ca: str = "ca", **overrides: Any) -> RedisClient:
-        url = f"rediss://{server.host}:{tls_port}/0?ssl_ca_certs={certs / (ca + '.crt')}"
+        url = _tls_url(server, tls_port, certs, ca)
         return RedisClient(RedisSettings(**{"url": url, **FAST, **overrides}), **otel.providers())
 
     return make
@@ -209,7 +213,7 @@ def test_tls_works_under_uvloop_too(tls_redis: tuple[RedisServer, int], certs: P
     import uvloop
 
     server, tls_port = tls_redis
-    url = f"rediss://{server.host}:{tls_port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+    url = _tls_url(server, tls_port, certs)
 
     async def main() -> bytes | None:
         async with RedisClient(RedisSettings(url=url, **FAST)) as r:

@@ -362,8 +362,7 @@ async def test_an_enclosing_call_bounds_the_inner_calls_deadline_without_blaming
         await asyncio.sleep(30)
         return "never"
 
-    token = enclosing_deadline(0.2)
-    try:
+    with enclosing_deadline(0.2):
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError) as info:
             await h.pipeline.call("fetch", hang, idempotent=True)
@@ -377,20 +376,14 @@ async def test_an_enclosing_call_bounds_the_inner_calls_deadline_without_blaming
         assert time.monotonic() - started < 0.05
         assert spent.value.attempts == 0 and spent.value.may_have_been_applied is False
         assert h.calls == 0
-    finally:
-        CALL_DEADLINE.reset(token)
     assert CALL_DEADLINE.get() is None
     assert h.breaker.failure_count == 0
 
 
 async def test_retries_stopped_by_an_enclosing_budget_do_not_count_against_the_breaker() -> None:
     h = Harness(attempts=100, deadline=5.0)
-    token = enclosing_deadline(0.1)
-    try:
-        with pytest.raises(ServiceUnavailableError) as info:
-            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
-    finally:
-        CALL_DEADLINE.reset(token)
+    with enclosing_deadline(0.1), pytest.raises(ServiceUnavailableError) as info:
+        await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
     assert info.value.attempts > 1
     assert h.breaker.failure_count == 0
     plain = Harness(attempts=2)
@@ -410,12 +403,9 @@ async def test_an_attempt_and_the_tasks_it_starts_do_not_inherit_the_enclosing_d
         seen.append(await task)
         return "ok"
 
-    token = enclosing_deadline(1.0)
-    try:
+    with enclosing_deadline(1.0):
         assert await h.pipeline.call("run", attempt, idempotent=True) == "ok"
         assert CALL_DEADLINE.get() is not None  # restored for the caller's next step
-    finally:
-        CALL_DEADLINE.reset(token)
     assert seen == [None, None]
 
 
@@ -426,24 +416,16 @@ async def test_a_blocking_read_keeps_its_block_time_inside_an_enclosing_call() -
         await asyncio.sleep(0.3)
         return "popped"
 
-    token = enclosing_deadline(0.1)
-    try:
+    with enclosing_deadline(0.1):
         assert await h.pipeline.call("BRPOP", block, idempotent=True, extra_time=0.5) == "popped"
         with pytest.raises(DeadlineExceededError):
             await h.pipeline.call("BRPOP", block, idempotent=True, extra_time=0.1)
-    finally:
-        CALL_DEADLINE.reset(token)
 
 
 async def test_an_inner_enclosing_call_never_extends_an_outer_one() -> None:
-    outer = enclosing_deadline(0.5)
-    try:
+    with enclosing_deadline(0.5):
         end = CALL_DEADLINE.get()
-        inner = enclosing_deadline(10.0)
-        assert CALL_DEADLINE.get() == end
-        CALL_DEADLINE.reset(inner)
-        inner = enclosing_deadline(0.01)
-        assert (CALL_DEADLINE.get() or 0.0) < (end or 0.0)
-        CALL_DEADLINE.reset(inner)
-    finally:
-        CALL_DEADLINE.reset(outer)
+        with enclosing_deadline(10.0):
+            assert CALL_DEADLINE.get() == end
+        with enclosing_deadline(0.01):
+            assert (CALL_DEADLINE.get() or 0.0) < (end or 0.0)

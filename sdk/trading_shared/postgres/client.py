@@ -19,7 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.deadline import CALL_DEADLINE, enclosing_deadline
+from ..resilience.deadline import enclosing_deadline
 from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import PostgresSettings
@@ -341,11 +341,8 @@ class PostgresClient:
             await self.connect()
             if self._gate is None:
                 raise RuntimeError("PostgresClient was closed during connect()")
-            token = enclosing_deadline(self.settings.retry.deadline, began)
-            try:
+            with enclosing_deadline(self.settings.retry.deadline, began):
                 return await self._run(operation, fn, idempotent, single=single)
-            finally:
-                CALL_DEADLINE.reset(token)
         traced = self.settings.statement_spans
 
         async def attempt() -> T:
@@ -393,11 +390,8 @@ class PostgresClient:
             if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
                 raise
             _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
-        token = enclosing_deadline(self.settings.retry.deadline, began)  # the fallback gets what the replica left
-        try:
+        with enclosing_deadline(self.settings.retry.deadline, began):  # the fallback gets what the replica left
             return await read(self)
-        finally:
-            CALL_DEADLINE.reset(token)
 
     def _idempotent(self, query: str, given: bool | None) -> bool:
         if given is not None:

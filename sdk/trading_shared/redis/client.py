@@ -17,7 +17,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import CircuitOpenError, TradingSharedError
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.deadline import CALL_DEADLINE, enclosing_deadline
+from ..resilience.deadline import enclosing_deadline
 from ..resilience.faults import PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import RedisSettings
@@ -563,14 +563,11 @@ class RedisClient:
         """
         if self._pools is None and self._router is None:
             began = time.monotonic()  # connect on demand: the connect and the call share one deadline
-            await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
-            token = enclosing_deadline(self.settings.retry.deadline, began)
-            try:
+            await self._connect_now()
+            with enclosing_deadline(self.settings.retry.deadline, began):
                 return await self.run_pipeline(
                     build, transaction=transaction, idempotent=idempotent, raise_on_error=raise_on_error
                 )
-            finally:
-                CALL_DEADLINE.reset(token)
         if self._router is None:
             recorder = (await self._connected()).main.pipeline(transaction=False)
         else:
@@ -650,14 +647,11 @@ class RedisClient:
             if self._router is not None:
                 return await self._routed_call(operation, fn, idempotent, blocking, key, write, multi)
             began = time.monotonic()  # connect on demand: the connect and the call share one deadline
-            await (self._connected() if self.settings.mode == "standalone" else self._connected_router())
-            token = enclosing_deadline(self.settings.retry.deadline, began)
-            try:
+            await self._connect_now()
+            with enclosing_deadline(self.settings.retry.deadline, began):
                 return await self._call(
                     operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=multi
                 )
-            finally:
-                CALL_DEADLINE.reset(token)
         if blocking is None:
             attempt = self._attempt(pools, fn, None, write, multi)
             return await self._pipeline.call(operation, attempt, idempotent=idempotent)
@@ -707,12 +701,10 @@ class RedisClient:
             raise RuntimeError("RedisClient was closed during connect()")
         return pools
 
-    async def _connected_router(self) -> Router:
+    async def _connect_now(self) -> None:
         await self.connect()
-        router = self._router
-        if router is None:  # closed again by a concurrent close()
+        if self._pools is None and self._router is None:  # closed again by a concurrent close()
             raise RuntimeError("RedisClient was closed during connect()")
-        return router
 
     async def _start_router(self) -> None:
         """Discover the deployment (sentinel: the master; cluster: the slot map) through the connect pipeline."""

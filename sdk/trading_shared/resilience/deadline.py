@@ -14,8 +14,10 @@ at the latest. Time a later step loses that way is not the server's fault: it ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
+from collections.abc import Iterator
 
 #: The ``time.monotonic`` end of the enclosing call, or None. A pipeline call ends by this (plus the block time of a
 #: blocking read) even if its own deadline would let it run longer.
@@ -24,16 +26,20 @@ CALL_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 )
 
 
-def enclosing_deadline(seconds: float, started: float | None = None) -> contextvars.Token[float | None]:
-    """Bound the next steps of a caller's call that began at ``started`` (``time.monotonic``; default now) and must
-    end within ``seconds``. An earlier enclosing end stays in force.
+@contextlib.contextmanager
+def enclosing_deadline(seconds: float, started: float | None = None) -> Iterator[None]:
+    """Bound the pipeline calls inside the block by the end of a caller's call that began at ``started``
+    (``time.monotonic``; default now) and must end within ``seconds``. An earlier enclosing end stays in force.
 
-    Set it after the call's first step (which runs under its own deadline), before the steps that follow, and pass
-    the token to ``CALL_DEADLINE.reset`` when the call ends (always: in a ``finally``).
+    Enter it after the call's first step (which runs under its own deadline), around the steps that follow.
     """
     end = (time.monotonic() if started is None else started) + seconds
     outer = CALL_DEADLINE.get()
-    return CALL_DEADLINE.set(end if outer is None or outer > end else outer)
+    token = CALL_DEADLINE.set(end if outer is None or outer > end else outer)
+    try:
+        yield
+    finally:
+        CALL_DEADLINE.reset(token)
 
 
 class DeadlineWatchdog:
