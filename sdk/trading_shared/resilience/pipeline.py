@@ -224,8 +224,7 @@ class Pipeline:
                 owed = None
             self._settle(owed)
             expired = DeadlineExceededError(
-                f"{operation} did not complete within its deadline of {end - started:.3g} s "
-                f"({attempts} attempt(s))",
+                f"{operation} did not complete within its deadline of {end - started:.3g} s ({attempts} attempt(s))",
                 operation=operation,
                 attempts=attempts,
                 may_have_been_applied=maybe_applied,
