@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(postgresql redis-server redis-tools redis-sentinel prometheus pgbouncer nftables procps openssl python3-venv)
+packages=(postgresql redis-server redis-tools redis-sentinel prometheus prometheus-alertmanager pgbouncer nftables procps openssl python3-venv)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
