@@ -12,8 +12,10 @@ from typing import Final
 from dashboards.metrics import names
 
 # --- where the runbook lives ---------------------------------------------------------------------------------------
-#: Alerts link to ``<RUNBOOK_BASE_URL>#<alert name in lower case>``; point it at your copy of dashboards/runbook.md.
-RUNBOOK_BASE_URL: Final = "https://github.com/trading-platform/trading-shared/blob/main/dashboards/runbook.md"
+#: Alerts link to ``<RUNBOOK_BASE_URL>#<alert name in lower case>``. The default is the runbook's path in this
+#: repository; to get clickable links, generate with ``python dashboards/generate.py --runbook-url <URL>`` where
+#: ``<URL>`` is where your copy of dashboards/runbook.md is browsable (``AlertConfig.runbook_base_url``).
+RUNBOOK_BASE_URL: Final = "dashboards/runbook.md"
 
 # --- dashboards ------------------------------------------------------------------------------------------------------
 DASHBOARD_TAGS: Final = ("trading-shared",)
@@ -60,6 +62,8 @@ class AlertConfig:
     #: PromQL matchers every rule selects with; narrow them to scope the rules to some services,
     #: e.g. ``('job=~"orders|risk"',)``. Aggregations always keep job + instance, so services never collide.
     job_matchers: tuple[str, ...] = ('job!=""',)
+    #: Where the runbook is: every alert's ``runbook_url`` is ``<runbook_base_url>#<alert name in lower case>``.
+    runbook_base_url: str = RUNBOOK_BASE_URL
     rate_window: str = "5m"
 
     breaker_open_window: str = "5m"
@@ -121,3 +125,47 @@ FAST_TEST: Final = AlertConfig(
     latency_for="5s",
     dead_letter_window="5s",
 )
+
+
+# --- Alertmanager routing ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeverityRoute:
+    """Where the alerts of one severity go, and how often (Alertmanager duration strings).
+
+    ``group_wait`` is how long a new group (one client of one process) collects alerts before its first notification;
+    ``group_interval`` how long before a notification about alerts that joined or resolved since; ``repeat_interval``
+    how long before a still-firing group is notified again.
+    """
+
+    severity: str
+    receiver: str
+    group_wait: str
+    group_interval: str
+    repeat_interval: str
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """The generated Alertmanager configuration (``dashboards/alertmanager/trading-shared.alertmanager.yml``).
+
+    Critical alerts page quickly (a trading client that cannot reach its database loses money by the minute).
+    Warnings wait 3 minutes before their first notification, so that a warning raised by the same outage as a
+    breaker-open alert (the acquire-timeouts alert has no ``for``) is held until that alert fires and inhibits it:
+    for every inhibited alert, its ``for`` plus its route's ``group_wait`` must exceed ``breaker_open_for`` plus two
+    evaluation intervals (with 1-minute evaluations: 0 + 3m > 10s + 2m; tested). ``webhook_url`` is a placeholder
+    (``{receiver}`` is replaced by the receiver's name): a team replaces the receivers with its own (see
+    dashboards/README.md).
+    """
+
+    routes: tuple[SeverityRoute, ...] = (
+        SeverityRoute("critical", "trading-shared-page", group_wait="10s", group_interval="2m", repeat_interval="1h"),
+        SeverityRoute("warning", "trading-shared-ticket", group_wait="3m", group_interval="5m", repeat_interval="4h"),
+    )
+    #: The receiver of an alert whose severity no route names (and of the root route of the standalone file).
+    default_receiver: str = "trading-shared-ticket"
+    webhook_url: str = "http://alert-receiver.invalid/{receiver}"
+    send_resolved: bool = True
+
+
+#: The committed Alertmanager configuration.
+ROUTING: Final = RoutingConfig()

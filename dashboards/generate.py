@@ -2,8 +2,12 @@
 
 Usage::
 
-    python dashboards/generate.py           # write dashboards/generated/*.json, alerts/*.rules.yml, grafana-alerting/
+    python dashboards/generate.py           # write generated/, alerts/, grafana-alerting/, alertmanager/
     python dashboards/generate.py --check   # exit 1 (and show a diff) if any committed file differs
+    python dashboards/generate.py --runbook-url https://git.example.com/team/trading-shared/blob/main/dashboards/runbook.md
+
+``--runbook-url`` sets where every alert's ``runbook_url`` points (default: ``dashboards/runbook.md``, the runbook's
+path in this repository); pass the same value with ``--check``.
 """
 
 from __future__ import annotations
@@ -56,12 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if a committed file is not current")
+    parser.add_argument(
+        "--runbook-url",
+        metavar="URL",
+        help="where dashboards/runbook.md is browsable; alerts link to URL#<alert> (default: its repository path)",
+        default=None,
+    )
     args = parser.parse_args(argv)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    import dataclasses
+
+    from dashboards import config
     from dashboards.render import GENERATED_DIR, outputs
 
-    expected = outputs()
+    cfg = config.PRODUCTION
+    if args.runbook_url is not None:
+        cfg = dataclasses.replace(cfg, runbook_base_url=args.runbook_url)
+    expected = outputs(cfg)
     if args.check:
         problems = check(expected, GENERATED_DIR)
         for problem in problems:

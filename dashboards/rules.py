@@ -65,8 +65,8 @@ class Rule:
     summary: str
     description: str
 
-    def to_dict(self) -> dict[str, Any]:
-        """The rule as it appears in a Prometheus rule file."""
+    def to_dict(self, runbook_base_url: str = config.RUNBOOK_BASE_URL) -> dict[str, Any]:
+        """The rule as it appears in a Prometheus rule file, its ``runbook_url`` under ``runbook_base_url``."""
         return {
             "alert": self.alert,
             "expr": self.expr,
@@ -75,7 +75,7 @@ class Rule:
             "annotations": {
                 "summary": self.summary,
                 "description": self.description,
-                "runbook_url": f"{config.RUNBOOK_BASE_URL}#{runbook_anchor(self.alert)}",
+                "runbook_url": f"{runbook_base_url}#{runbook_anchor(self.alert)}",
             },
         }
 
@@ -232,4 +232,5 @@ def rules(cfg: config.AlertConfig = config.PRODUCTION) -> list[Rule]:
 
 def rule_file(cfg: config.AlertConfig = config.PRODUCTION) -> dict[str, Any]:
     """The content of a Prometheus rule file."""
-    return {"groups": [{"name": config.RULE_GROUP, "rules": [r.to_dict() for r in rules(cfg)]}]}
+    rendered = [r.to_dict(cfg.runbook_base_url) for r in rules(cfg)]
+    return {"groups": [{"name": config.RULE_GROUP, "rules": rendered}]}
