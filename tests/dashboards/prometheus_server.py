@@ -58,6 +58,7 @@ class PrometheusServer:
         binary: str = "prometheus",
         scrape_interval: str = "1s",
         evaluation_interval: str = "1s",
+        alertmanagers: Sequence[str] = (),
     ) -> None:
         self.targets = list(targets)
         self.job = job
@@ -65,6 +66,8 @@ class PrometheusServer:
         self.binary = binary
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
+        #: ``host:port`` of the Alertmanagers Prometheus sends its alerts to (none: alerts stay in Prometheus).
+        self.alertmanagers = list(alertmanagers)
         self.port = 0
         self._dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -85,6 +88,8 @@ class PrometheusServer:
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [{"job_name": self.job, "static_configs": [{"targets": self.targets}]}],
         }
+        if self.alertmanagers:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": self.alertmanagers}]}]}
         (self._dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.port = free_port()
         self._log = (self._dir / "prometheus.log").open("wb")
@@ -95,6 +100,8 @@ class PrometheusServer:
                 f"--storage.tsdb.path={self._dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                # Firing alerts are re-sent this often; they expire in Alertmanager 4 resends after the last one.
+                "--rules.alert.resend-delay=1s",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
