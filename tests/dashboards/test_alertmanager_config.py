@@ -227,3 +227,15 @@ def test_check_command_takes_the_runbook_url() -> None:
     )
     assert done.returncode == 1
     assert "+      runbook_url: https://runbooks.example.com/ts.md#tradingsharedcircuitbreakeropen" in done.stderr
+
+
+def test_runbook_says_what_is_inhibited_by_what() -> None:
+    text = (ROOT / "dashboards" / "runbook.md").read_text(encoding="utf-8")
+    section = text.split("## Notifications: who is told, and what is inhibited by what", 1)[1].split("\n## ", 1)[0]
+    inhibited = re.search(r"are inhibited:\*\*(.*?)\. They", section, re.S)
+    never = re.search(r"\*\*Never inhibited:\*\*(.*?)\n- ", section, re.S)
+    assert inhibited and never
+    assert set(re.findall(r"TradingShared\w+", inhibited.group(1))) == set(alertmanager.INHIBITED_BY_BREAKER_OPEN)
+    assert set(re.findall(r"TradingShared\w+", never.group(1))) == set(alertmanager.NOT_INHIBITED)
+    for route in config.ROUTING.routes:
+        assert f"`{route.receiver}`" in section
