@@ -57,6 +57,13 @@ class AlertConfig:
     pending period of the breaker-open alert: short, because the breaker already debounces (it opens after
     ``fail_max`` failed calls) and the expression stays true for the whole window after any open, so the pending
     period only delays the page (see README.md, "Dashboards and alerts").
+
+    The breaker-open alert inhibits the symptoms of the same outage in Alertmanager (``alertmanager.py``), so it must
+    outlast them after recovery: ``breaker_open_window`` must exceed the windows the symptoms look back over
+    (``rate_window``, ``acquire_timeout_window``) plus the breaker's reset timeout (10 s by default: the last open can
+    come that long before the breaker closes) plus a scrape and an evaluation interval. With the 5-minute rate window
+    and 1-minute intervals that is more than 7m10s, hence 8m: with an equal window an error-ratio or latency alert
+    still firing when the breaker-open alert resolves is no longer inhibited, and pages a second time.
     """
 
     #: PromQL matchers every rule selects with; narrow them to scope the rules to some services,
@@ -66,7 +73,7 @@ class AlertConfig:
     runbook_base_url: str = RUNBOOK_BASE_URL
     rate_window: str = "5m"
 
-    breaker_open_window: str = "5m"
+    breaker_open_window: str = "8m"
     breaker_open_for: str = "10s"
     breaker_open_severity: str = "critical"
 

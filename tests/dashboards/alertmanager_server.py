@@ -27,14 +27,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import yaml
 from prometheus_server import PrometheusServer, free_port
 
 import dashboards.config as config
 
-__all__ = ["AlertmanagerError", "AlertmanagerServer", "Notification", "WebhookReceiver", "routing_for_tests"]
+__all__ = [
+    "E2E_GROUP_WAIT",
+    "E2E_RESET_TIMEOUT",
+    "E2E_RULES",
+    "AlertmanagerError",
+    "AlertmanagerServer",
+    "Notification",
+    "WebhookReceiver",
+    "routing_for_tests",
+]
 
 
 class AlertmanagerError(RuntimeError):
@@ -226,6 +235,17 @@ class WebhookReceiver:
         """The first notification that satisfies ``where``, waiting up to ``timeout`` seconds for it."""
         found = PrometheusServer.wait_for(lambda: self.received(where), timeout, interval=0.1, message=message)
         return found[0]
+
+
+#: The rules of the end-to-end tests with Alertmanager: FAST_TEST (rate window 10s, breaker-open `for` 2s, symptoms'
+#: `for` 5s or none) with a breaker-open window that outlasts the symptoms after recovery, as the production one does:
+#: 15s > 10s rate window + 1s reset timeout of the test workload's breakers + scrape and evaluation intervals (1s).
+E2E_RULES: Final = dataclasses.replace(config.FAST_TEST, breaker_open_window="15s")
+#: Group waits of the end-to-end tests, per severity: as in production, a symptom's `for` plus its group wait exceeds
+#: the breaker-open `for` plus two evaluation intervals (acquire timeouts, no `for`: 0 + 5s > 2s + 2 x 1s).
+E2E_GROUP_WAIT: Final = {"critical": "1s", "warning": "5s"}
+#: The breaker reset timeout of the test workload (tests/dashboards/sdk_workload.py).
+E2E_RESET_TIMEOUT: Final = 1.0
 
 
 def routing_for_tests(

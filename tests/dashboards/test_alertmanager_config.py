@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from alertmanager_server import E2E_GROUP_WAIT, E2E_RESET_TIMEOUT, E2E_RULES
 from artifacts import promtool_tests
 
 import dashboards.alertmanager as alertmanager
@@ -184,16 +185,42 @@ def _seconds(duration: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
-def test_symptoms_wait_for_the_breaker_alert_before_notifying() -> None:
+def _profiles() -> list[Any]:
+    from trading_shared.settings import BreakerSettings  # only here: the rest of this file needs no SDK
+
+    production = (config.PRODUCTION, {r.severity: r.group_wait for r in config.ROUTING.routes}, 60.0)
+    return [
+        pytest.param(*production, BreakerSettings().reset_timeout, id="production"),
+        pytest.param(E2E_RULES, E2E_GROUP_WAIT, 1.0, E2E_RESET_TIMEOUT, id="e2e-test"),
+    ]
+
+
+PROFILES = pytest.mark.parametrize(("cfg", "group_wait", "interval", "reset_timeout"), _profiles())
+
+
+@PROFILES
+def test_symptoms_wait_for_the_breaker_alert_before_notifying(
+    cfg: config.AlertConfig, group_wait: dict[str, str], interval: float, reset_timeout: float
+) -> None:
     # A symptom that fires with the breaker (or before it) is held by its group_wait until the breaker-open alert
-    # fires and inhibits it: breaker_open_for plus two evaluation intervals (1 minute each, as a worst case).
-    cfg, evaluation = config.PRODUCTION, 60.0
-    routes = {r.severity: r for r in config.ROUTING.routes}
-    breaker_fires_within = _seconds(cfg.breaker_open_for) + 2 * evaluation
-    for rule in RULES:
+    # fires and inhibits it: breaker_open_for plus two evaluation intervals (scrape and evaluation: 1 minute each in
+    # production, as a worst case).
+    breaker_fires_within = _seconds(cfg.breaker_open_for) + 2 * interval
+    for rule in rules.rules(cfg):
         if rule.alert in SYMPTOMS:
-            held = _seconds(rule.for_) + _seconds(routes[rule.severity].group_wait)
-            assert held > breaker_fires_within, rule.alert
+            assert _seconds(rule.for_) + _seconds(group_wait[rule.severity]) > breaker_fires_within, rule.alert
+
+
+@PROFILES
+def test_breaker_alert_outlasts_its_symptoms_after_recovery(
+    cfg: config.AlertConfig, group_wait: dict[str, str], interval: float, reset_timeout: float
+) -> None:
+    # After recovery the symptoms clear once their windows no longer hold the outage; the breaker-open alert clears
+    # once its last open (up to a reset timeout before the breaker closed) is older than its window. If it cleared
+    # first, a symptom still firing would no longer be inhibited and page a second time (seen in the e2e test with
+    # FAST_TEST's 7s window against its 10s rate window).
+    symptom_windows = max(_seconds(cfg.rate_window), _seconds(cfg.acquire_timeout_window))
+    assert _seconds(cfg.breaker_open_window) > symptom_windows + reset_timeout + 2 * interval
 
 
 def test_placeholder_receivers_send_nowhere_real() -> None:

@@ -11,11 +11,10 @@ with the generated routing and inhibition (test-time timings, every receiver a w
 * A slow but working Redis (latency added by a fault proxy, the breaker stays closed): the latency alert reaches the
   ticket receiver.
 
-Timings (test-time overrides; the shipped defaults are in dashboards/config.py): the rules are ``config.FAST_TEST``
-with a breaker-open window longer than the symptoms' rate window plus the breaker's reset timeout, so the symptoms
-resolve while the breaker-open alert still inhibits them (as in production, where the window is
-``AlertConfig.breaker_open_window``); group waits keep the relation the shipped ones have (a symptom's ``for`` plus
-its group wait exceeds the breaker-open ``for`` plus two evaluation intervals).
+Timings are test-time overrides (``alertmanager_server.E2E_RULES`` and ``E2E_GROUP_WAIT``; the shipped defaults are in
+dashboards/config.py) that keep the relations the shipped ones have, checked for both in test_alertmanager_config.py:
+the breaker-open window outlasts the symptoms' windows after recovery, and a symptom's ``for`` plus its group wait
+exceeds the breaker-open ``for`` plus two evaluation intervals.
 """
 
 from __future__ import annotations
@@ -29,23 +28,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from alertmanager_server import AlertmanagerServer, Notification, WebhookReceiver, routing_for_tests
+from alertmanager_server import (
+    E2E_GROUP_WAIT,
+    E2E_RULES,
+    AlertmanagerServer,
+    Notification,
+    WebhookReceiver,
+    routing_for_tests,
+)
 from prometheus_server import PrometheusServer
 from test_sdk_e2e import JOB, REDIS_CLIENT, Workload
 
 import dashboards.alertmanager as alertmanager
-import dashboards.config as config
 import dashboards.render as render
 import dashboards.rules as rules
 from dashboards.metrics import BREAKER_STATE, L
 from support.proxy import FaultProxy
 from support.servers import PostgresServer, RedisServer
 
-#: Rules: FAST_TEST (rate window 10s, breaker-open `for` 2s, symptoms' `for` 5s or none), breaker window 15s
-#: (> 10s rate window + 1s breaker reset timeout + scrape and evaluation intervals).
-RULES = dataclasses.replace(config.FAST_TEST, breaker_open_window="15s")
-#: Per severity; acquire timeouts (no `for`) + 5s > breaker-open `for` 2s + 2 evaluations of 1s.
-GROUP_WAIT = {"critical": "1s", "warning": "5s"}
+RULES, GROUP_WAIT = E2E_RULES, E2E_GROUP_WAIT
 PAGE, TICKET = "/trading-shared-page", "/trading-shared-ticket"
 SYMPTOMS = set(alertmanager.INHIBITED_BY_BREAKER_OPEN)
 #: Seconds of scraped history before a fault.
