@@ -1,12 +1,14 @@
-"""The Alertmanager configuration shipped with the rules: routes by severity, one group per client, inhibition.
+"""The Alertmanager configuration shipped with the rules: routes by severity, grouping per client, inhibition.
 
 Built from the same rules as ``dashboards/alerts/trading-shared.rules.yml`` (rendered to
 ``dashboards/alertmanager/trading-shared.alertmanager.yml``), so a new alert is routed, and must be classified as
 inhibited by the breaker-open alert or not, before the files can be generated at all.
 
-* One route for every alert of the rules, grouped by ``job``, ``instance`` and the client (pool name): one
-  notification per client per process, whatever number of its alerts fire. Child routes pick the receiver and the
-  timing by ``severity`` (:class:`dashboards.config.RoutingConfig`).
+* One route for every alert of the rules, grouped by ``alertname``, ``job``, ``instance`` and the client (pool
+  name): the alert of one client in one process is one group. Not the client alone: Prometheus re-sends a resolved
+  alert for 15 minutes, and a symptom that resolved while inhibited would then be listed in its client's resolved
+  breaker-open notification; in a group of its own that never notified, a resolved alert is never notified either.
+  Child routes pick the receiver and the timing by ``severity`` (:class:`dashboards.config.RoutingConfig`).
 * While a client's breaker-open alert fires, the symptoms of the same outage in the same client of the same process
   (:data:`INHIBITED_BY_BREAKER_OPEN`) are inhibited: one page per outage, not one per symptom.
 """
@@ -85,7 +87,7 @@ def alertmanager_config(
     alerts = rules.rules() if alerts is None else alerts
     _check(alerts, routing)
     names = [r.alert for r in alerts]
-    by = list(rules.BY)
+    by = ["alertname", *rules.BY]
     return {
         "route": {
             "receiver": routing.default_receiver,

@@ -139,7 +139,7 @@ FAST_TEST: Final = AlertConfig(
 class SeverityRoute:
     """Where the alerts of one severity go, and how often (Alertmanager duration strings).
 
-    ``group_wait`` is how long a new group (one client of one process) collects alerts before its first notification;
+    ``group_wait`` is how long a new group (one alert of one client in one process) waits before its first notification;
     ``group_interval`` how long before a notification about alerts that joined or resolved since; ``repeat_interval``
     how long before a still-firing group is notified again.
     """

@@ -59,21 +59,21 @@ def test_breaker_open_inhibits_the_symptoms_of_its_client_only(am: AlertmanagerS
             *(_alert(s, B) for s in symptoms),
         ]
     )
-    hooks.wait_for(lambda n: n.path == TICKET and n.group.get(L.INSTANCE) == B[L.INSTANCE], timeout=10)
-    hooks.wait_for(lambda n: n.path == PAGE and n.group.get(L.INSTANCE) == B[L.INSTANCE], timeout=10)
+    for symptom in symptoms:
+        hooks.wait_for(lambda n, s=symptom: n.group == {"alertname": s, **B}, timeout=10)
     hooks.wait_for(lambda n: n.path == TICKET and n.group.get(L.INSTANCE) == A[L.INSTANCE], timeout=10)
     hooks.wait_for(lambda n: n.path == PAGE and n.group.get(L.INSTANCE) == A[L.INSTANCE], timeout=10)
     time.sleep(1.0)  # a second flush (group_interval 1s) would show anything that was only late
 
-    # Client A: one page, the breaker alone; its ticket has the dead-lettered alert, which nothing inhibits.
+    # Client A: one page, the breaker alone; one ticket, the dead-lettered alert, which nothing inhibits.
     assert [n.alerts() for n in _of(hooks, A, PAGE)] == [[(rules.BREAKER_OPEN, "firing")]]
     assert [n.alerts() for n in _of(hooks, A, TICKET)] == [[(rules.MESSAGES_DEAD_LETTERED, "firing")]]
-    assert _of(hooks, A, PAGE)[0].group == A, "one group per job + instance + client"
-    # The same client in another process has no open breaker: its symptoms are not inhibited.
-    critical = sorted((s, "firing") for s in symptoms if SEVERITY[s] == "critical")
-    warning = sorted((s, "firing") for s in symptoms if SEVERITY[s] == "warning")
-    assert [n.alerts() for n in _of(hooks, B, PAGE)] == [critical]
-    assert [n.alerts() for n in _of(hooks, B, TICKET)] == [warning]
+    assert _of(hooks, A, PAGE)[0].group == {"alertname": rules.BREAKER_OPEN, **A}, "alert + job + instance + client"
+    # The same client in another process has no open breaker: its symptoms are not inhibited, one notification each.
+    critical = sorted([(s, "firing")] for s in symptoms if SEVERITY[s] == "critical")
+    warning = sorted([(s, "firing")] for s in symptoms if SEVERITY[s] == "warning")
+    assert sorted(n.alerts() for n in _of(hooks, B, PAGE)) == critical
+    assert sorted(n.alerts() for n in _of(hooks, B, TICKET)) == warning
 
     held = {a["labels"]["alertname"]: a["status"] for a in am.alerts() if a["labels"][L.INSTANCE] == A[L.INSTANCE]}
     breaker = next(a["fingerprint"] for a in am.alerts() if a["labels"]["alertname"] == rules.BREAKER_OPEN)
@@ -95,3 +95,20 @@ def test_resolved_breaker_is_notified_once(am: AlertmanagerServer, hooks: Webhoo
         ("resolved", [(rules.BREAKER_OPEN, "resolved")]),
     ]
     assert _of(hooks, A, TICKET) == []
+
+
+def test_a_symptom_resolved_under_inhibition_is_never_notified(am: AlertmanagerServer, hooks: WebhookReceiver) -> None:
+    # Prometheus re-sends a resolved alert at every resend interval for 15 minutes. A symptom that resolved while
+    # inhibited, re-sent after the breaker-open alert resolved too, must not appear in any notification.
+    am.post_alerts([_alert(rules.BREAKER_OPEN, A), _alert(rules.HIGH_ERROR_RATIO, A)])
+    hooks.wait_for(lambda n: n.path == PAGE and n.status == "firing", timeout=10)
+    symptom_resolved = {**_alert(rules.HIGH_ERROR_RATIO, A), "endsAt": datetime.now(UTC).isoformat()}
+    am.post_alerts([symptom_resolved])
+    time.sleep(1.5)  # a flush (group_interval 1s) while the breaker-open alert still fires
+    am.post_alerts([{**_alert(rules.BREAKER_OPEN, A), "endsAt": datetime.now(UTC).isoformat()}, symptom_resolved])
+    hooks.wait_for(lambda n: n.path == PAGE and n.status == "resolved", timeout=10)
+    time.sleep(1.5)
+    assert [(n.status, n.alerts()) for n in _of(hooks, A, PAGE)] == [
+        ("firing", [(rules.BREAKER_OPEN, "firing")]),
+        ("resolved", [(rules.BREAKER_OPEN, "resolved")]),
+    ]
