@@ -6,8 +6,10 @@
    under load, with a Prometheus scraping it every second and the repository's alert rules loaded.
 3. Stops Redis for a while, then brings it back (your own Redis is never stopped: a TCP proxy in front of it
    resets every connection instead).
-4. Prints a progress line every second, then a summary (operations, retries, breaker transitions, alert states)
-   and draws the dashboard's main panels from Prometheus's data into ``demo-output/dashboard.png``.
+4. Prints a progress line every second, then a summary (operations, retries, breaker transitions, alert states,
+   and the notifications a person would have received: a private Alertmanager with the repository's routing and
+   inhibition gets Prometheus's alerts and notifies a webhook in the demo) and draws the dashboard's main panels from
+   Prometheus's data into ``demo-output/dashboard.png``.
 
 ``--quick`` runs a shorter scenario (~30 s) for tests. The exit code is 0 when the daemon shut down cleanly, every
 valid tick ended up in exactly one candle, and the picture was written.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from demo_dashboard import draw_dashboard
-from demo_progress import AlertLog, ClientFigures, PrometheusAPI, rate, scrape
+from demo_progress import POOL, AlertLog, ClientFigures, PrometheusAPI, rate, scrape
 from demo_servers import ROOT, PrometheusServer, RedisServer, free_port, private_servers
 from pydantic import SecretStr
 
@@ -61,15 +63,37 @@ def say(text: str = "") -> None:
 
 
 def rules_file(output: Path) -> tuple[Path, str]:
-    """The alert rules Prometheus loads: the repository's rules with windows shortened to seconds, if available."""
+    """The alert rules Prometheus loads: the repository's rules with windows shortened to seconds, if available.
+
+    The profile is the one the Alertmanager end-to-end tests use (FAST_TEST with a breaker-open window that outlasts
+    the symptoms it inhibits, as the production window does).
+    """
     try:
-        from dashboards import config, render
+        from alertmanager_server import E2E_RULES
+
+        from dashboards import render
 
         path = output / "rules-fast.yml"
-        path.write_text(render.rules_yaml(config.FAST_TEST))
-        return path, "dashboards' rules, FAST_TEST profile (production expressions, windows cut to seconds)"
+        path.write_text(render.rules_yaml(E2E_RULES))
+        return path, "dashboards' rules, windows cut to seconds (production expressions)"
     except Exception as exc:  # the dashboards package needs its extra; fall back to the committed file
         return ROOT / "dashboards" / "alerts" / "trading-shared.rules.yml", f"committed rules ({exc!r})"
+
+
+def alertmanager(stack: contextlib.ExitStack) -> tuple[Any, Any]:
+    """A private Alertmanager with the repository's routing and inhibition (demo timings), its receivers webhooks
+    into the demo (``WebhookReceiver``) instead of a pager and a ticket queue: ``(AlertmanagerServer, receiver)``."""
+    # tests/dashboards (on sys.path through demo_servers) and the dashboards package: imported here, so that the
+    # demo still runs without them.
+    from alertmanager_server import E2E_GROUP_WAIT, E2E_RULES, AlertmanagerServer, WebhookReceiver, routing_for_tests
+
+    from dashboards import alertmanager as am_config
+    from dashboards import rules
+
+    hooks = stack.enter_context(WebhookReceiver())
+    routing = routing_for_tests(hooks, group_wait=E2E_GROUP_WAIT)
+    server = stack.enter_context(AlertmanagerServer(am_config.alertmanager_config(rules.rules(E2E_RULES), routing)))
+    return server, hooks
 
 
 class Demo:
@@ -89,6 +113,11 @@ class Demo:
         self.stats: dict[str, Any] = {}
         self.verdict: dict[str, Any] = {}
         self.quiet_before: set[tuple[str, str]] = set()
+        self.sync_stack = contextlib.ExitStack()
+        self.am: Any = None  # AlertmanagerServer and WebhookReceiver (tests/dashboards/alertmanager_server.py)
+        self.hooks: Any = None
+        #: Alerts Alertmanager held back (inhibited): (alertname, client) -> seconds since start, first seen.
+        self.inhibited: dict[tuple[str, str], float] = {}
 
     def elapsed(self) -> float:
         """Seconds since the demo started."""
@@ -103,6 +132,7 @@ class Demo:
             f"{p.outage:.0f}s Redis outage, {p.recovery:.0f}s recovery, {p.rate} ticks/s) =="
         )
         async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(asyncio.to_thread, self.sync_stack.close)
             metrics_port = int(os.environ.get("DEMO_METRICS_PORT") or free_port())
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             prom = await self.prometheus(stack, metrics_port)  # first: it is scraping by the time the daemon is up
@@ -189,7 +219,15 @@ class Demo:
             say(f"Prometheus: {url} (yours: it must scrape 127.0.0.1:{metrics_port} as job {JOB} with the rules)")
             return PrometheusAPI(url)
         path, what = rules_file(self.output)
-        server = PrometheusServer([f"127.0.0.1:{metrics_port}"], job=JOB, rule_files=[path])
+        try:
+            self.am, self.hooks = await asyncio.to_thread(alertmanager, self.sync_stack)
+            say(f"Alertmanager: {self.am.url} (private, the repository's routing and inhibition, demo timings)")
+        except Exception as exc:  # e.g. prometheus-alertmanager not installed: the demo goes on without it
+            say(f"Alertmanager: not started ({exc})")
+        alertmanagers = [self.am.address] if self.am else []
+        server = PrometheusServer(
+            [f"127.0.0.1:{metrics_port}"], job=JOB, rule_files=[path], alertmanagers=alertmanagers
+        )
         await asyncio.to_thread(server.start)
         stack.callback(server.stop)
         say(f"Prometheus: {server.url} (private, scrape and rule evaluation every 1s; {what})")
@@ -275,6 +313,12 @@ class Demo:
             figures = self.figures
         with contextlib.suppress(Exception):
             self.alerts.update(await asyncio.to_thread(prom.alerts), self.elapsed())
+        if self.am is not None:
+            with contextlib.suppress(Exception):
+                for alert in await asyncio.to_thread(self.am.alerts):
+                    if alert["status"]["state"] == "suppressed":
+                        key = (alert["labels"].get("alertname", "?"), alert["labels"].get(POOL, ""))
+                        self.inhibited.setdefault(key, self.elapsed())
         self.stats = _read_json(self.output / "stats.json") or self.stats
         since, before = self.previous or (now, figures)
         parts = []
@@ -356,6 +400,23 @@ class Demo:
             return None
 
     # -- the end -----------------------------------------------------------------------------------------------------
+    def notification_lines(self) -> list[str]:
+        """What a person would have received: the webhook notifications, and what inhibition held back."""
+        if self.hooks is None:
+            return []
+        lines = ["", "Notifications a person would have received (Alertmanager: one per alert, client and change):"]
+        for n in self.hooks.received():
+            alerts = ", ".join(f"{name}" + (f" ({st})" if st != n.status else "") for name, st in n.alerts())
+            receiver = n.path.strip("/")
+            lines.append(
+                f"  {n.at - self.epoch0:4.0f}s to {receiver:<21} {n.status.upper():8} {n.group.get(POOL)}: {alerts}"
+            )
+        if len(lines) == 2:
+            lines.append("  none")
+        for (name, pool), at in sorted(self.inhibited.items(), key=lambda item: item[1]):
+            lines.append(f"  not notified: {name} ({pool}), inhibited by the breaker-open alert from {at:.0f}s")
+        return lines
+
     def summary(self, code: int, png: Path | None) -> int:
         """Print (and save) the summary; return the demo's exit code."""
         s, v = self.stats, self.verdict
@@ -395,8 +456,8 @@ class Demo:
         for name, pool in sorted(self.quiet_before):
             lines.append(f"  note: {name} ({pool}) was already active before the outage: not caused by it")
         outages = ", ".join(f"{a - self.epoch0:.0f}s to {b - self.epoch0:.0f}s" for a, b, _ in self.outages)
+        lines += [f"  (Redis was down from {outages})", *self.notification_lines()]
         lines += [
-            f"  (Redis was down from {outages})",
             "",
             f"Dashboard picture: {png if png else 'NOT WRITTEN'}",
             f"Logs and stats: {self.output}/ (daemon.log, daemon-drain.log, janitor.log, stats.json, summary.txt)",
