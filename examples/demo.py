@@ -1,7 +1,7 @@
 """The demo: the SDK at work under load while Redis goes away and comes back. Run ``bash scripts/demo.sh``.
 
-1. Starts private PostgreSQL, Redis and Prometheus on free loopback ports (temporary directories, removed at the
-   end), unless ``DEMO_POSTGRES_DSN`` / ``DEMO_REDIS_URL`` / ``DEMO_PROMETHEUS_URL`` name your own.
+1. Starts private PostgreSQL, Redis, Prometheus and Alertmanager on free loopback ports (temporary directories,
+   removed at the end), unless ``DEMO_POSTGRES_DSN`` / ``DEMO_REDIS_URL`` / ``DEMO_PROMETHEUS_URL`` name your own.
 2. Runs the run-once janitor (examples/janitor.py), then the market-data daemon (examples/market_data_daemon.py)
    under load, with a Prometheus scraping it every second and the repository's alert rules loaded.
 3. Stops Redis for a while, then brings it back (your own Redis is never stopped: a TCP proxy in front of it
