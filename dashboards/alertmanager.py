@@ -130,7 +130,7 @@ def alertmanager_config(
 
 
 HEADER: Final = """\
-# Alertmanager configuration for the trading-shared alerts, to merge into your own (see dashboards/README.md):
+# Alertmanager configuration for the trading-shared alerts, to merge into your own (see docs/alerting.md):
 #   - the route under route.routes goes under your root route's routes (first, or before any catch-all);
 #   - inhibit_rules: append to yours;
 #   - receivers: replace the placeholder webhook URLs (http://alert-receiver.invalid/...) with your pager and
