@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from support.procs import ServerError, wait_until
+from support.procs import ServerError, free_port, wait_until
 from support.redis_server import RedisReplyError, RedisServer, resp_command
 
 SERVICE = "tsmaster"
@@ -211,11 +211,25 @@ _CLUSTER_ARGS = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.con
                  "--cluster-require-full-coverage", "no", "--repl-diskless-sync-delay", "0")  # fmt: skip
 
 
+def cluster_node() -> RedisServer:
+    """A cluster-enabled redis-server whose cluster bus has a free port of its own (``--cluster-port``).
+
+    The default bus port, port + 10000, is mostly in the kernel's ephemeral range: while the node is down an outgoing
+    connection (another node reconnecting to it, even to itself) can take it, and the restart fails with EADDRINUSE.
+    """
+    return RedisServer(extra_args=(*_CLUSTER_ARGS, "--cluster-port", str(free_port())))
+
+
+def bus_port(node: RedisServer) -> int:
+    """``node``'s cluster bus port (for ``CLUSTER MEET host port bus-port``)."""
+    return int(node.cli("CONFIG", "GET", "cluster-port", timeout=1.0)[1])
+
+
 class ClusterDeployment:
     """``nodes`` cluster-enabled redis-servers joined into one cluster of masters (replicas: :meth:`add_replica`)."""
 
     def __init__(self, nodes: int = 3) -> None:
-        self.nodes = [RedisServer(extra_args=_CLUSTER_ARGS) for _ in range(nodes)]
+        self.nodes = [cluster_node() for _ in range(nodes)]
         self.replicas: list[RedisServer] = []
 
     def start(self) -> None:
@@ -249,10 +263,10 @@ class ClusterDeployment:
 
     def add_replica(self, master: RedisServer, timeout: float = 20) -> RedisServer:
         """Start a node, join it to the cluster as a replica of ``master``; wait until it is in sync."""
-        replica = RedisServer(extra_args=_CLUSTER_ARGS)
+        replica = cluster_node()
         self.replicas.append(replica)
         replica.start()
-        replica.cli("CLUSTER", "MEET", master.host, master.port)
+        replica.cli("CLUSTER", "MEET", master.host, master.port, bus_port(master))
         master_id = self.node_id(master)
 
         def known() -> bool:
@@ -368,7 +382,9 @@ __all__ = [
     "ClusterDeployment",
     "SentinelDeployment",
     "SentinelServer",
+    "bus_port",
     "cli_any",
+    "cluster_node",
     "find_redis_sentinel",
     "resp_command",
 ]
