@@ -27,13 +27,17 @@ class RetrySettings(BaseModel):
 
     model_config = _MODEL
 
-    max_attempts: int = Field(default=5, ge=1, le=100, description="Attempts per call, the first included.")
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Attempts per call, the first included. Redis in sentinel or cluster mode, when this is not "
+        "set: 100, so that the deadline, not the count, ends a call waiting out a failover.",
+    )
     initial_backoff: float = Field(default=0.1, ge=0, le=60, description="Seconds before the first retry.")
     max_backoff: float = Field(default=2.0, ge=0, le=300, description="Cap on one backoff, in seconds.")
     jitter: float = Field(default=0.1, ge=0, le=60, description="Random extra wait, uniform in [0, jitter] seconds.")
-    deadline: float = Field(
-        default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included."
-    )
+    deadline: float = Field(default=10.0, gt=0, le=3600, description="Total seconds a call may take, retries included.")
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Self:
@@ -211,6 +215,13 @@ class RedisSettings(BaseSettings):
     sentinel_password: SecretStr | None = Field(
         default=None, description="mode=sentinel: the sentinels' own password (requirepass), if they have one."
     )
+    sentinel_check_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="mode=sentinel: seconds between checks of the sentinels' view of the master while no failover "
+        "event arrives; a sentinel silent for 3 of them is replaced as the source of events.",
+    )
     cluster_nodes: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="mode=cluster: startup nodes as host:port (env: comma-separated or a JSON list); default: the "
@@ -255,6 +266,8 @@ class RedisSettings(BaseSettings):
                 raise ValueError(f"service_name: only used with mode='sentinel' (mode is {self.mode!r})")
             if self.sentinel_password is not None:
                 raise ValueError(f"sentinel_password: only used with mode='sentinel' (mode is {self.mode!r})")
+            if "sentinel_check_interval" in self.model_fields_set:
+                raise ValueError(f"sentinel_check_interval: only used with mode='sentinel' (mode is {self.mode!r})")
         if self.mode != "cluster" and self.cluster_nodes:
             raise ValueError(f"cluster_nodes: only used with mode='cluster' (mode is {self.mode!r})")
         if self.mode == "sentinel":

@@ -2,8 +2,10 @@
 
 * :class:`SentinelServer`: Debian's ``redis-sentinel`` with a config file of its own (sentinel rewrites it).
 * :class:`SentinelDeployment`: a master, replicas (``--replicaof``) and sentinels monitoring the master as
-  :data:`SERVICE`, with short timers (``down-after-milliseconds`` 1000 ms, INFO every 500 ms, TILT off: this machine is
-  often loaded and a sentinel in TILT mode does nothing for 30 s).
+  :data:`SERVICE` (``down-after-milliseconds`` 1000 ms, ``failover-timeout`` 3000 ms, TILT off: this machine is often
+  loaded and a sentinel in TILT mode does nothing for 30 s). ``fast_timers`` (the default) also shortens the
+  sentinels' INFO, PING and hello periods to 500 ms; without it they keep Redis's defaults (INFO every 10 s, PING
+  every 1 s, hello every 2 s), which decide how long a restarted old master goes on calling itself master.
 * :class:`ClusterDeployment`: redis-server nodes with ``--cluster-enabled yes`` (``cluster-node-timeout`` 1000 ms,
   ``cluster-require-full-coverage no``: the other masters keep serving when one is down), joined with
   ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``; slot migration helpers.
@@ -42,8 +44,11 @@ def find_redis_sentinel() -> str:
 class SentinelServer(RedisServer):
     """A sentinel monitoring ``master`` as :data:`SERVICE` (quorum ``quorum``)."""
 
-    def __init__(self, master: RedisServer, quorum: int, password: str | None = None) -> None:
+    def __init__(
+        self, master: RedisServer, quorum: int, password: str | None = None, *, fast_timers: bool = True
+    ) -> None:
         super().__init__(binary=find_redis_sentinel())
+        self.fast_timers = fast_timers
         self.master_host = master.host
         self.master_port = master.port
         self.quorum = quorum
@@ -79,8 +84,9 @@ class SentinelServer(RedisServer):
                 if self.cli("PING", password=None, timeout=1.0) == "PONG":
                     # Short timers; no TILT (a loaded machine pauses processes for seconds: TILT would freeze
                     # the sentinel for 30 s and no failover would happen).
-                    self.cli("SENTINEL", "DEBUG", "info-period", 500, "publish-period", 500, "tilt-trigger", 3600000,
-                             "ask-period", 500, "ping-period", 500, password=None)  # fmt: skip
+                    periods = ("info-period", 500, "publish-period", 500, "ask-period", 500, "ping-period", 500)
+                    self.cli("SENTINEL", "DEBUG", "tilt-trigger", 3600000, *(periods if self.fast_timers else ()),
+                             password=None)  # fmt: skip
                     return True
             if time.monotonic() > deadline:
                 self.kill()
@@ -99,8 +105,11 @@ class SentinelServer(RedisServer):
 class SentinelDeployment:
     """A master, ``replicas`` replicas and ``sentinels`` sentinels (quorum: a majority)."""
 
-    def __init__(self, *, replicas: int = 1, sentinels: int = 1, password: str | None = None) -> None:
+    def __init__(
+        self, *, replicas: int = 1, sentinels: int = 1, password: str | None = None, fast_timers: bool = True
+    ) -> None:
         self.password = password
+        self.fast_timers = fast_timers
         self.master = RedisServer(password=password, extra_args=self._auth_args())
         self.replicas: list[RedisServer] = []
         self._replica_count = replicas
@@ -129,7 +138,7 @@ class SentinelDeployment:
             self.wait_synced(replica)
         quorum = self._sentinel_count // 2 + 1
         for _ in range(self._sentinel_count):
-            sentinel = SentinelServer(self.master, quorum, self.password)
+            sentinel = SentinelServer(self.master, quorum, self.password, fast_timers=self.fast_timers)
             self.sentinels.append(sentinel)
             sentinel.start()
         for sentinel in self.sentinels:

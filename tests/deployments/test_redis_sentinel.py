@@ -33,7 +33,13 @@ from trading_shared import (
     RedisSettings,
     ServiceUnavailableError,
 )
-from trading_shared.redis.classify import MasterNotFoundError, NotMasterError, NotReplicatedError, RedisErrors
+from trading_shared.redis.classify import (
+    MasterChangedError,
+    MasterNotFoundError,
+    NotMasterError,
+    NotReplicatedError,
+    RedisErrors,
+)
 from trading_shared.resilience import Fault
 from trading_shared.telemetry import names
 
@@ -253,51 +259,63 @@ async def test_master_crash_is_followed_without_losing_or_duplicating_stream_wri
     print(f"\nmaster crash: {timings}; {figures}")
 
 
-async def test_readonly_from_a_demoted_master_makes_the_client_look_the_master_up_again(
+async def test_a_forced_failover_moves_the_client_at_the_switch_before_the_old_master_is_demoted(
     deployment: SentinelDeployment, otel: Otel
 ) -> None:
-    """Without WAIT the client learns of a forced failover when the old master, demoted, answers READONLY on a
-    pooled connection: that write was refused (not applied), so it is re-sent to the new master at once.
-
-    (When the sentinels demote a master they also CLIENT KILL its clients; the reconnect's ROLE check then moves
-    the client. Here the old master is demoted by hand, as an operator would, so the pooled connection stays.)"""
+    """The sentinels announce the end of a failover (``+switch-master``) at once, but reconfigure a still-running old
+    master only on their next INFO round. The client follows the announcement: its pooled connection to the old
+    master is closed, and the next write goes to the new master on its first attempt, while the old one may still
+    call itself master (what it took now would be discarded when it resyncs)."""
     async with _client(deployment, otel, wait_replicas=0) as r:
         old = deployment.master
         assert await r.incr("n") == 1  # a pooled connection to the old master
         await asyncio.to_thread(deployment.failover)
         new = await asyncio.to_thread(deployment.wait_new_master, old.port)
-        if deployment.role(old) == "master":
-            old.cli("REPLICAOF", new.host, new.port)
-        await asyncio.to_thread(deployment.wait_synced, old)  # demoted: now a replica of the new master
-        assert r.connection_pool is not None and r.connection_pool.connection_kwargs["port"] == old.port
-        assert await r.incr("n") == 2  # INCR is not idempotent: only a refusal may be re-sent
-        assert r.connection_pool.connection_kwargs["port"] == new.port
+        await _followed(r, new)
+        assert await r.incr("n") == 2  # the failover's own replication carried the first INCR across
         assert all(b.state.value == "closed" for b in r.breakers.values())
+        await asyncio.to_thread(deployment.wait_synced, old)  # demoted by the sentinels now
     assert new.cli("GET", "n") == "2"
-    retried = [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)]
-    assert retried == ["ReadOnlyError"], retried
+    assert old.cli("GET", "n") == "2"  # a replica of the new master: nothing of its own was kept
+    assert [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)] == []
     last = otel.spans("INCR")[-1]
     assert (last.attributes or {})[names.SERVER_PORT] == new.port
-    assert (last.attributes or {})[names.ATTEMPTS] == 2
+    assert (last.attributes or {})[names.ATTEMPTS] == 1
+    assert sum(v for _, v in otel.points(names.MASTER_CHANGES)) == 1
 
 
-async def test_without_wait_a_forced_failover_loses_acknowledged_writes(deployment: SentinelDeployment) -> None:
-    """Why ``wait_replicas`` exists: between the promotion of the replica and the demotion of the old master,
-    the old master still accepts writes, and loses them when it resyncs from the new one (Redis replication is
-    asynchronous). The SDK cannot see this without WAIT: the write below is acknowledged, and gone."""
-    async with _client(deployment, wait_replicas=0) as r:
+async def test_a_call_cut_by_the_failover_is_reported_as_master_changed(
+    deployment: SentinelDeployment, otel: Otel
+) -> None:
+    """A blocking stream read in flight on the old master when a failover starts: its connection is closed (a reply
+    from a demoted master cannot be trusted), its span says why, and the read, safe to repeat, is re-sent to the new
+    master, where it gets the entry added there."""
+    async with _client(deployment, otel, wait_replicas=0) as r:
         old = deployment.master
-        await r.set("before", b"1")
-        await asyncio.to_thread(deployment.wait_replicated)
+        await r.xadd("s", {"i": 0})
+        assert await r.read_stream_messages("s", "g", "c", start_id="0", recreate_from="$") == []  # group at the end
+        waiting = asyncio.create_task(r.read_stream_messages("s", "g", "c", block_ms=8000))
+        await asyncio.sleep(0.3)  # blocked on the old master
         await asyncio.to_thread(deployment.failover)
         new = await asyncio.to_thread(deployment.wait_new_master, old.port)
-        if deployment.role(old) != "master":
-            pytest.skip("the sentinels demoted the old master before the write could be made")
-        assert await r.set("split", b"acknowledged by the old master") is True
-        await asyncio.to_thread(deployment.wait_synced, old)
-    assert new.cli("GET", "before") == "1"
-    assert new.cli("GET", "split") is None  # acknowledged, then lost
-    assert old.cli("GET", "split") is None
+        await _followed(r, new)
+        await asyncio.sleep(0.3)  # the re-sent read is blocked on the new master
+        new.cli("XADD", "s", "*", "i", "1")
+        entries = await asyncio.wait_for(waiting, 8)
+    assert [e.fields for e in entries] == [{b"i": b"1"}]
+    span = otel.spans("XREADGROUP")[-1]
+    events = [e for e in span.events if e.name == names.EVENT_MASTER_CHANGED]
+    assert [(e.attributes or {})[names.SERVER_PORT] for e in events] == [old.port]
+    retried = [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)]
+    assert retried == ["MasterChangedError"], retried
+    assert (span.attributes or {})[names.SERVER_PORT] == new.port
+
+
+async def _followed(r: RedisClient, new: RedisServer) -> None:
+    deadline = time.monotonic() + FOLLOW_BOUND
+    while r.connection_pool is None or r.connection_pool.connection_kwargs["port"] != new.port:
+        assert time.monotonic() < deadline, "the client did not follow the switch"
+        await asyncio.sleep(0.01)
 
 
 # ------------------------------------------------------------------------------------------- discovery and breakers
@@ -382,6 +400,8 @@ def test_sentinel_lookup_and_role_failures_are_classified_as_not_applied() -> No
     errors = RedisErrors()
     assert errors.classify(ConnectFailed(NotMasterError("replica"))) is Fault.UNAVAILABLE
     assert errors.classify(NotReplicatedError(0, 1)) is Fault.INDETERMINATE
+    assert errors.classify(MasterChangedError("demoted mid-call")) is Fault.INDETERMINATE
+    assert errors.classify(rex.ResponseError("NOREPLICAS Not enough good replicas to write.")) is Fault.UNAVAILABLE
 
 
 def test_settings_choose_the_deployment_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

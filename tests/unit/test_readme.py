@@ -23,8 +23,9 @@ def test_every_setting_and_its_environment_variable_is_documented() -> None:
 
 
 def test_every_metric_is_in_the_metrics_reference() -> None:
-    metrics = [v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith(
-        ("db.client.", "trading_shared.client.", "trading_shared.circuit_breaker.", "trading_shared.stream."))]
+    prefixes = ("db.client.", "trading_shared.client.", "trading_shared.circuit_breaker.", "trading_shared.stream.",
+                "trading_shared.redis.")  # fmt: skip
+    metrics = [v for k, v in vars(names).items() if k.isupper() and isinstance(v, str) and v.startswith(prefixes)]
     metrics = [m for m in metrics if m != names.BREAKER_STATE_ATTR]
     for metric in metrics:
         assert f"`{metric}`" in README, metric

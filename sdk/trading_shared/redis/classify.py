@@ -16,8 +16,10 @@ unreadable CA/cert/key file
 ``BusyLoadingError`` (LOADING)                          UNAVAILABLE       refused, not applied: the server is loading
 ``ReadOnlyError``, ``TryAgainError``,                   UNAVAILABLE       refused, not applied: failover / resharding
 ``ClusterDownError``, ``MasterDownError``, ``BUSY``,
+``NOREPLICAS`` (``min-replicas-to-write``),
 :class:`TooManyRedirects` (MOVED/ASK loop)
 :class:`NotReplicatedError` (WAIT fell short)           INDETERMINATE     applied on the master; a failover may lose it
+:class:`MasterChangedError` (master demoted mid-call)   INDETERMINATE     applied on a server that discards it
 other ``ConnectionError``, ``TimeoutError``             INDETERMINATE     the request may have reached the server
 ``InvalidResponse``, builtin socket errors              INDETERMINATE     the connection broke mid-reply
 other ``ResponseError`` (WRONGTYPE, syntax, OOM, ...)   CALLER            the server answered: raised unchanged
@@ -39,7 +41,7 @@ from ..resilience.faults import NETWORK_ERRNOS as _NETWORK_ERRNOS
 from ..resilience.faults import Fault
 
 #: RESP error codes (the reply's first word) of requests the server refused without applying them.
-_REFUSED_CODES = frozenset({"BUSY", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN"})
+_REFUSED_CODES = frozenset({"BUSY", "LOADING", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS"})
 _REFUSED_TYPES = (rex.BusyLoadingError, rex.ReadOnlyError, rex.TryAgainError, rex.ClusterDownError)
 _AUTH_TYPES = (rex.AuthenticationError, rex.AuthorizationError, rex.ExternalAuthProviderError)
 
@@ -59,6 +61,15 @@ class NotReplicatedError(rex.RedisError):
 
 class NotMasterError(rex.ConnectionError):
     """The server a sentinel named as master does not say ``ROLE master``: nothing was sent to it."""
+
+
+class MasterChangedError(rex.ConnectionError):
+    """The server stopped being the master while this request to it was in flight (sentinel mode).
+
+    The client closed the connection when it learnt of the failover, since a reply from the demoted server could
+    acknowledge a write that server is about to discard. The request may have been applied there, and lost: its
+    outcome is unknown (INDETERMINATE), so only idempotent operations are re-sent, to the new master.
+    """
 
 
 class MasterNotFoundError(rex.ConnectionError):

@@ -710,10 +710,16 @@ class RedisClient:
         """Discover the deployment (sentinel: the master; cluster: the slot map) through the connect pipeline."""
         settings = self.settings
         sentinel = settings.mode == "sentinel"
-        endpoints = Endpoints(settings, self._kwargs, self._telemetry, self._wait, expect_master=sentinel)
-        router: Router = (
-            SentinelRouter(settings, self._kwargs, endpoints) if sentinel else ClusterRouter(settings, endpoints)
-        )
+        router: Router
+        if sentinel:
+            router = SentinelRouter(
+                settings,
+                self._kwargs,
+                self._telemetry,
+                lambda check: Endpoints(settings, self._kwargs, self._telemetry, self._wait, master_check=check),
+            )
+        else:
+            router = ClusterRouter(settings, Endpoints(settings, self._kwargs, self._telemetry, self._wait))
 
         async def start() -> None:
             try:

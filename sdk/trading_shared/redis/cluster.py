@@ -221,9 +221,8 @@ class ClusterRouter:
     def _install(self, asked: Endpoint, slots: list[Endpoint | None], masters: list[Endpoint]) -> None:
         changed = slots != self._slots
         self._slots, self._masters = slots, masters
-        nudge = getattr(self.endpoints, "nudge", None)  # Endpoints.nudge: cuts the pipelines' backoff waits short
-        if changed and nudge is not None:
-            nudge.wake()  # retries waiting in backoff go to the new owners now
+        if changed:
+            self.endpoints.nudge.wake()  # retries waiting in backoff go to the new owners now
         self._answered = asked
         self._demoted.pop(asked, None)
 

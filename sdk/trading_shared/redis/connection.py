@@ -13,9 +13,11 @@ retried). A request the server refuses as a protocol error (a value over ``proto
 still writing it: the server replies ``-ERR Protocol error`` and closes, so the write fails; the reply already read
 is raised as the server's ``ResponseError`` instead of a lost connection, since nothing of the request was applied.
 
-Connections to a master found through Sentinel (keyword :data:`EXPECT_MASTER`) also check ``ROLE`` as the last step
-of connecting, as the Sentinel client guidelines ask: a server that is not (or no longer) a master fails the connect
-with :class:`~.classify.NotMasterError`, so nothing is ever sent to a demoted master on a new connection.
+Connections to a master found through Sentinel (keyword :data:`MASTER_CHECK`) end their connect with two checks: the
+server's ``ROLE`` is ``master``, and the sentinels still name this address as the master (the callback asks them). A
+server that fails either fails the connect with :class:`~.classify.NotMasterError`, so nothing is sent there: a
+demoted master, and also an old master restarted after a failover, which calls itself master until the sentinels
+reconfigure it (up to their INFO period, 10 s by default) and discards what it took when it resyncs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import contextlib
 import contextvars
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio.connection as rconn
@@ -37,8 +39,12 @@ from .classify import ConnectFailed, NotMasterError, PlaintextServerError
 
 #: Connection keyword argument carrying the callback that receives each successful connect's duration.
 ON_CONNECTED = "ts_on_connected"
-#: Connection keyword argument: True to require ``ROLE`` = master before the connection is used.
-EXPECT_MASTER = "ts_expect_master"
+#: Connection keyword argument: a :data:`MasterCheck` run on every new connection after its ``ROLE`` is ``master``.
+MASTER_CHECK = "ts_master_check"
+
+#: ``check(host, port, since)``: raises :class:`~.classify.NotMasterError` unless the sentinels name ``host:port`` as
+#: the master in an answer obtained at or after ``since`` (monotonic), or MasterNotFoundError if none answers.
+MasterCheck = Callable[[str, int, float], Awaitable[None]]
 
 #: Longest wait for the plain ``PING`` that tells a plaintext port from a hung one after a TLS handshake timeout.
 PLAINTEXT_PROBE_TIMEOUT = 0.25
@@ -61,12 +67,12 @@ class _PhaseMixin:
 
     is_connected: bool
     _ts_on_connected: Callable[[float], None] | None
-    _ts_expect_master: bool
+    _ts_master_check: MasterCheck | None
     _ts_connecting: bool
 
     def _ts_init(self, kwargs: dict[str, Any]) -> None:
         self._ts_on_connected = kwargs.pop(ON_CONNECTED, None)
-        self._ts_expect_master = bool(kwargs.pop(EXPECT_MASTER, False))
+        self._ts_master_check = kwargs.pop(MASTER_CHECK, None)
         self._ts_connecting = False
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
@@ -90,6 +96,7 @@ class _PhaseMixin:
         if self.is_connected:
             return
         started = time.perf_counter()
+        since = time.monotonic()
         self._ts_connecting = True
         try:
             try:
@@ -102,27 +109,27 @@ class _PhaseMixin:
                 if isinstance(exc.__cause__, PlaintextServerError):  # redis-py wraps what _connect raises
                     raise exc.__cause__ from None
                 raise ConnectFailed(exc) from exc
-            if self._ts_expect_master:
-                await self._ts_check_master()
+            if self._ts_master_check is not None:
+                await self._ts_check_master(self._ts_master_check, since)
         finally:
             self._ts_connecting = False
         if self._ts_on_connected is not None:  # ClientTelemetry.pool_create never raises
             self._ts_on_connected(time.perf_counter() - started)
 
-    async def _ts_check_master(self) -> None:
-        """``ROLE`` on the new connection; anything but a master (or no answer) fails the connect."""
+    async def _ts_check_master(self, check: MasterCheck, since: float) -> None:
+        """``ROLE`` on the new connection, then the sentinels' word: anything but their master fails the connect."""
         try:
             await self.send_command("ROLE")  # type: ignore[attr-defined]
             role = await self.read_response()  # type: ignore[attr-defined]
+            if not isinstance(role, list) or not role or role[0] not in (b"master", "master"):
+                raise NotMasterError("the server is not a master (stale sentinel answer or demoted)")
+            await check(self.host, self.port, since)  # type: ignore[attr-defined]
         except (rex.ConnectionError, rex.TimeoutError) as exc:
             await self.disconnect()  # type: ignore[attr-defined]
             raise ConnectFailed(exc) from exc
-        except rex.ResponseError:  # e.g. an ACL without ROLE: the caller's configuration
+        except BaseException:  # e.g. an ACL without ROLE: the caller's configuration; or cancelled
             await self.disconnect()  # type: ignore[attr-defined]
             raise
-        if not isinstance(role, list) or not role or role[0] not in (b"master", "master"):
-            await self.disconnect()  # type: ignore[attr-defined]
-            raise ConnectFailed(NotMasterError("the server is not a master (stale sentinel answer or demoted)"))
 
 
 class Connection(_PhaseMixin, rconn.Connection):

@@ -10,6 +10,7 @@ later finds its own history). A router (:mod:`.sentinel`, :mod:`.cluster`) maps 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,18 +20,49 @@ import redis.exceptions as rex
 
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.pipeline import Pipeline
-from ..settings import RedisSettings
+from ..settings import RedisSettings, RetrySettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
 from .bracketed import CommandSet, Wait
 from .classify import RedisErrors
-from .connection import EXPECT_MASTER
+from .connection import MASTER_CHECK, MasterCheck
 from .pool import Pools
 
 _log = logging.getLogger(__name__)
 
 Key = str | bytes
+
+#: Attempts per call in sentinel and cluster mode when ``retry.max_attempts`` is not set: enough that the deadline,
+#: not the count, ends a call waiting out a failover (with the default backoff, 5 attempts are spent ~1.7 s into an
+#: outage, before sentinels or a cluster have promoted a replica).
+FAILOVER_MAX_ATTEMPTS = 100
+
+
+def failover_retry(retry: RetrySettings) -> RetrySettings:
+    """``retry`` for a failover-aware deployment: the deadline bounds the attempts unless the caller set a count."""
+    if "max_attempts" in retry.model_fields_set:
+        return retry
+    return retry.model_copy(update={"max_attempts": FAILOVER_MAX_ATTEMPTS})
+
+
+class Nudge:
+    """A backoff wait that :meth:`wake` cuts short: retries waiting out a failover move on once it is followed."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    async def sleep(self, delay: float) -> None:
+        """Wait ``delay`` seconds, or until the next :meth:`wake`."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await event.wait()
+
+    def wake(self) -> None:
+        """End every wait in progress (later waits are not affected)."""
+        self._event.set()
+        self._event = asyncio.Event()
 
 
 class Endpoint:
@@ -44,6 +76,9 @@ class Endpoint:
         self.commands = commands
         self.pipeline = pipeline
         self.breaker = pipeline.breaker
+        #: True while another server is the master (sentinel mode): failures of calls in flight here mean that
+        #: their server was demoted under them.
+        self.superseded = False
         #: Set on the span of every attempt this endpoint serves (the node that answered).
         self.span_attributes: dict[str, str | int] = {names.SERVER_ADDRESS: host, names.SERVER_PORT: port}
 
@@ -61,10 +96,13 @@ class Endpoints:
         telemetry: ClientTelemetry,
         wait: Wait | None,
         *,
-        expect_master: bool = False,
+        master_check: MasterCheck | None = None,
     ) -> None:
         self._settings = settings
-        self._kwargs = {**kwargs, EXPECT_MASTER: True} if expect_master else kwargs
+        self._kwargs = kwargs if master_check is None else {**kwargs, MASTER_CHECK: master_check}
+        self._retry = failover_retry(settings.retry)
+        #: Woken by the router when the topology changes (a new master, a moved slot).
+        self.nudge = Nudge()
         self._telemetry = telemetry
         self._wait = wait
         self._by_address: dict[tuple[str, int], Endpoint] = {}
@@ -80,11 +118,12 @@ class Endpoints:
             pools = Pools({**self._kwargs, "host": host, "port": port}, settings, timing=self._telemetry)
             breaker = CircuitBreaker(settings.breaker, f"{settings.name} {host}:{port}")
             pipeline = Pipeline(
-                retry=settings.retry,
+                retry=self._retry,
                 breaker=breaker,
                 errors=RedisErrors(),
                 telemetry=self._telemetry,
                 activate_span=True,  # attempts name the server that answered on the span
+                backoff=self.nudge.sleep,
             )
             found = Endpoint(host, port, pools, CommandSet(pools, self._wait), pipeline)
             self._by_address[(host, port)] = found

@@ -262,9 +262,7 @@ async def _ensure_open(conn: rconn.AbstractConnection) -> None:
 class Pools:
     """The pools of one connected client. ``closed`` is set once :meth:`close` starts."""
 
-    def __init__(
-        self, kwargs: dict[str, Any], settings: RedisSettings, timing: ClientTelemetry | None = None
-    ) -> None:
+    def __init__(self, kwargs: dict[str, Any], settings: RedisSettings, timing: ClientTelemetry | None = None) -> None:
         self._kwargs = kwargs
         self._settings = settings
         self._timing = timing
@@ -298,6 +296,16 @@ class Pools:
                     await commands.connection_pool.disconnect(inuse_connections=False)
                 except (rex.RedisError, OSError):
                     _log.debug("closing idle redis connections failed", exc_info=True)
+
+    async def disconnect_all(self) -> None:
+        """Close every connection of both pools, those in use included: the calls using them fail (the server was
+        demoted under them, and a reply from it could acknowledge a write it is about to discard)."""
+        for commands in (self.main, self._blocking):
+            if commands is not None:
+                try:
+                    await commands.connection_pool.disconnect(inuse_connections=True)
+                except (rex.RedisError, OSError):
+                    _log.debug("closing redis connections failed", exc_info=True)
 
     def stats(self) -> PoolStats:
         """Idle, used and max connections over both pools; pending is 0 (a full pool fails fast, nobody waits)."""

@@ -20,9 +20,10 @@ import redis.exceptions as rex
 from opentelemetry import trace
 
 from ..errors import TradingSharedError
-from ..resilience.faults import PartlyApplied, RequestNotSent
+from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
+from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
-from .classify import ConnectFailed, RedisErrors, TooManyRedirects
+from .classify import ConnectFailed, MasterChangedError, RedisErrors, TooManyRedirects
 from .cluster import MAX_REDIRECTS
 from .connection import SENT, not_sent
 from .endpoints import Endpoint, Key, Router
@@ -92,12 +93,24 @@ def routed_attempt(
                 raise
             except Exception as exc:
                 inner = exc.original if isinstance(exc, PartlyApplied) else exc
-                if _ERRORS.classify(inner).infrastructure:
+                fault = _ERRORS.classify(inner)
+                if fault is Fault.INDETERMINATE and endpoint.superseded:
+                    _master_changed(endpoint)
+                    if isinstance(exc, PartlyApplied):
+                        raise
+                    raise MasterChangedError(f"{endpoint.name} stopped being the master during the call") from exc
+                if fault.infrastructure:
                     await router.failed(endpoint, started)
                 raise
         raise TooManyRedirects(f"more than {MAX_REDIRECTS} MOVED/ASK redirections")
 
     return attempt
+
+
+def _master_changed(endpoint: Endpoint) -> None:
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(names.EVENT_MASTER_CHANGED, endpoint.span_attributes)
 
 
 def _name_server(endpoint: Endpoint) -> None:

@@ -58,7 +58,11 @@ class DriverErrors(Protocol):
 
 
 class Pipeline:
-    """Runs operations for one client against one server endpoint."""
+    """Runs operations for one client against one server endpoint.
+
+    ``backoff(delay)`` waits between attempts: ``asyncio.sleep``, or for sentinel and cluster endpoints a wait that a
+    topology change cuts short, so a retry waiting out a failover goes to the new server as soon as it is known.
+    """
 
     def __init__(
         self,
@@ -68,8 +72,10 @@ class Pipeline:
         errors: DriverErrors,
         telemetry: ClientTelemetry,
         activate_span: bool = False,
+        backoff: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.breaker = breaker
+        self._backoff = backoff
         self._activate_span = activate_span
         self.telemetry = telemetry
         self.policy = RetryPolicy(retry)
@@ -192,7 +198,7 @@ class Pipeline:
                             may_have_been_applied=maybe_applied,
                         ) from original
                     if delay > 0 and not self.breaker.is_open():
-                        await asyncio.sleep(delay)
+                        await self._backoff(delay)
                 else:
                     self.breaker.record_success(ticket)
                     tel.end(span, operation, time.perf_counter() - t0, attempts=attempts)

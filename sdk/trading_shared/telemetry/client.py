@@ -153,6 +153,8 @@ class ClientTelemetry:
         instruments.rejections.add(0, self.pool_attributes)
         instruments.timeouts.add(0, self.pool_attributes)
         instruments.dead_lettered.add(0, self.pool_attributes)
+        if self.pool_attributes[names.DB_SYSTEM_NAME] == names.SYSTEM_REDIS:
+            instruments.master_changes.add(0, self.pool_attributes)
 
     # -- the operation -----------------------------------------------------------------------------------------------
     def start(self, operation: str) -> Span | None:
@@ -266,6 +268,10 @@ class ClientTelemetry:
     def breaker_rejected(self, operation: str) -> None:
         """Count a call the open breaker rejected."""
         self._add("rejections", {**self.pool_attributes, names.DB_OPERATION_NAME: operation})
+
+    def master_changed(self) -> None:
+        """Count a move to another master (sentinel mode)."""
+        self._add("master_changes", self.pool_attributes)
 
     def dead_lettered(self, count: int) -> None:
         """Count messages written to a dead-letter stream."""

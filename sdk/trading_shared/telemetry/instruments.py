@@ -69,6 +69,11 @@ class Instruments:
         self.dead_lettered = meter.create_counter(
             names.DEAD_LETTERED, unit=names.UNIT_MESSAGE, description="Messages written to a dead-letter stream."
         )
+        self.master_changes = meter.create_counter(
+            names.MASTER_CHANGES,
+            unit=names.UNIT_CHANGE,
+            description="Times a Redis client in sentinel mode moved to another master (failovers it followed).",
+        )
         self.timeouts = meter.create_counter(
             names.CONNECTION_TIMEOUTS,
             unit=names.UNIT_TIMEOUT,

@@ -26,6 +26,7 @@ BREAKER_STATE: Final = "trading_shared.circuit_breaker.state"
 BREAKER_TRANSITIONS: Final = "trading_shared.circuit_breaker.transitions"
 BREAKER_REJECTIONS: Final = "trading_shared.circuit_breaker.rejections"
 DEAD_LETTERED: Final = "trading_shared.stream.dead_lettered"
+MASTER_CHANGES: Final = "trading_shared.redis.master_changes"
 
 # --- units ---------------------------------------------------------------------------------------------------------
 UNIT_SECONDS: Final = "s"
@@ -37,6 +38,7 @@ UNIT_STATE: Final = "{state}"
 UNIT_TRANSITION: Final = "{transition}"
 UNIT_CALL: Final = "{call}"
 UNIT_MESSAGE: Final = "{message}"
+UNIT_CHANGE: Final = "{change}"
 
 # --- attributes: semantic conventions ----------------------------------------------------------------------------
 DB_SYSTEM_NAME: Final = "db.system.name"
@@ -73,6 +75,7 @@ ERROR_DEADLINE: Final = "deadline_exceeded"
 # --- span events ---------------------------------------------------------------------------------------------------
 EVENT_ATTEMPT_FAILED: Final = "trading_shared.attempt_failed"
 EVENT_CANCELLED: Final = "trading_shared.cancelled"
+EVENT_MASTER_CHANGED: Final = "trading_shared.master_changed"
 
 #: Operations that wait on the server on purpose (BRPOP, XREADGROUP with BLOCK): their duration includes the wait, so
 #: latency alerts leave them out.
@@ -112,6 +115,7 @@ PROMETHEUS_SERIES: Final = frozenset(
         _prom(BREAKER_TRANSITIONS, "_total"),
         _prom(BREAKER_REJECTIONS, "_total"),
         _prom(DEAD_LETTERED, "_total"),
+        _prom(MASTER_CHANGES, "_total"),
     }
 )
 
