@@ -31,6 +31,7 @@ from typing import Any, Final, Self
 
 import yaml
 from prometheus_server import PrometheusServer, free_port
+from server_process import ServerProcess
 
 import dashboards.config as config
 
@@ -50,8 +51,10 @@ class AlertmanagerError(RuntimeError):
     """Alertmanager failed to start, or answered an API call with an error."""
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(ServerProcess):
     """One Alertmanager process on a free loopback port, configured with ``config`` (an Alertmanager config dict)."""
+
+    log_name = "alertmanager.log"
 
     def __init__(self, config: dict[str, Any], *, binary: str = "prometheus-alertmanager") -> None:
         self.config = config
@@ -100,34 +103,6 @@ class AlertmanagerServer:
             self.stop()
             raise AlertmanagerError(f"Alertmanager failed to start:\n{log}") from None
         return self
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after 10 s) and remove the temporary directory. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            self._log.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        atexit.unregister(self.stop)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines Alertmanager logged."""
-        if self._dir is None or not (self._dir / "alertmanager.log").exists():
-            return ""
-        return "\n".join((self._dir / "alertmanager.log").read_text(errors="replace").splitlines()[-lines:])
 
     def _ready(self) -> bool:
         if self._process is None or self._process.poll() is not None:

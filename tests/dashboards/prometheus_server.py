@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import yaml
+from server_process import ServerProcess
 
 from dashboards.panel_queries import panel_queries
 
@@ -46,8 +47,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """One Prometheus process on a free loopback port, with its data in a temporary directory."""
+
+    log_name = "prometheus.log"
 
     def __init__(
         self,
@@ -115,34 +118,6 @@ class PrometheusServer:
             self.stop()
             raise PrometheusError(f"Prometheus failed to start:\n{log}") from None
         return self
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after 10 s) and remove the temporary directory. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            self._log.close()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        atexit.unregister(self.stop)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines Prometheus logged."""
-        if self._dir is None or not (self._dir / "prometheus.log").exists():
-            return ""
-        return "\n".join((self._dir / "prometheus.log").read_text(errors="replace").splitlines()[-lines:])
 
     # --- HTTP API --------------------------------------------------------------------------------------------------
     def _get(self, path: str, **params: str) -> Any:
