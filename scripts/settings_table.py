@@ -1,4 +1,4 @@
-"""Print the README's configuration tables from the settings models (run after adding or changing a setting)."""
+"""Print the settings tables of docs/configuration.md from the settings models (run after changing a setting)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def rows(model: type[BaseModel], prefix: str, nested: str = "") -> list[str]:
 
 
 def main() -> None:
-    """Print both tables."""
+    """Print both tables (paste them over the tables in docs/configuration.md)."""
     for model, prefix in ((PostgresSettings, "POSTGRES_"), (RedisSettings, "REDIS_")):
         print(f"**{model.__name__}** (`{prefix}*`)\n")
         print("| Setting | Environment variable | Default | Meaning |\n| --- | --- | --- | --- |")

@@ -178,7 +178,7 @@ def _port(text: str) -> int:
 class RedisSettings(BaseSettings):
     """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``).
 
-    ``mode`` picks the deployment (README.md, section Deployments): ``standalone`` (the url's server), ``sentinel``
+    ``mode`` picks the deployment (docs/redis-standalone.md): ``standalone`` (the url's server), ``sentinel``
     (``sentinels`` + ``service_name``; the url gives scheme, credentials and db, its host is not used) or
     ``cluster`` (``cluster_nodes``, or the url's host and port, as startup nodes). Settings of another mode are
     rejected, naming the field.
@@ -232,7 +232,7 @@ class RedisSettings(BaseSettings):
         ge=0,
         le=16,
         description="Replicas that must confirm each write (WAIT) before it counts as done; 0: no WAIT. A write "
-        "confirmed by fewer fails as outcome-unknown (see README.md, section Deployments).",
+        "confirmed by fewer fails as outcome-unknown (see docs/redis-sentinel.md).",
     )
     wait_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds WAIT may take; must be below socket_timeout."
@@ -287,7 +287,7 @@ class RedisSettings(BaseSettings):
         """``(server.address, server.port, db index)`` for telemetry: the configured endpoint, never a password.
 
         standalone: the url's host and port; sentinel: the first sentinel; cluster: the first startup node. Spans of
-        sentinel and cluster calls then name the server that answered (see README.md, section Deployments).
+        sentinel and cluster calls then name the server that answered (see docs/metrics.md).
         """
         host, port, db, _ = _parse_redis_url(self.url.get_secret_value())
         db = self.db if self.db is not None else db
