@@ -56,7 +56,7 @@ class AlertConfig:
     two scrape intervals plus one evaluation interval, or a short open can slip through. ``breaker_open_for`` is the
     pending period of the breaker-open alert: short, because the breaker already debounces (it opens after
     ``fail_max`` failed calls) and the expression stays true for the whole window after any open, so the pending
-    period only delays the page (see README.md, "Dashboards and alerts").
+    period only delays the page (see docs/alerting.md, "Prometheus alert rules").
 
     The breaker-open alert inhibits the symptoms of the same outage in Alertmanager (``alertmanager.py``), so it must
     outlast them after recovery: ``breaker_open_window`` must exceed the windows the symptoms look back over
@@ -161,7 +161,7 @@ class RoutingConfig:
     for every inhibited alert, its ``for`` plus its route's ``group_wait`` must exceed ``breaker_open_for`` plus two
     evaluation intervals (with 1-minute evaluations: 0 + 3m > 10s + 2m; tested). ``webhook_url`` is a placeholder
     (``{receiver}`` is replaced by the receiver's name): a team replaces the receivers with its own (see
-    dashboards/README.md).
+    docs/alerting.md).
     """
 
     routes: tuple[SeverityRoute, ...] = (

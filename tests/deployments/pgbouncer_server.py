@@ -35,7 +35,7 @@ from support.procs import (
 
 PGBOUNCER_DIR_PREFIX = "ts-pgbouncer-"
 
-#: The settings the deployment guide (README.md, section Deployments) recommends, as the tests use them.
+#: The settings the deployment guide (docs/postgres-pgbouncer.md) recommends, as the tests use them.
 RECOMMENDED = {
     "pool_mode": "transaction",
     # PgBouncer's default waits 15 s before it tries a server again after a failed login: an outage that

@@ -62,7 +62,7 @@ def otel() -> Iterator[Otel]:
 
 
 def _client(d: SentinelDeployment, otel: Otel | None = None, **overrides: Any) -> RedisClient:
-    """The client with default settings but the deployment: what a service configures from the README."""
+    """The client with default settings but the deployment: what a service configures from docs/redis-sentinel.md."""
     values = {"mode": "sentinel", "sentinels": d.sentinel_addresses(), "service_name": SERVICE, **overrides}
     return RedisClient(RedisSettings(**values), **(otel.providers() if otel else {}))
 

@@ -279,7 +279,7 @@ async def _non_utf8_round_trip(env: RedisEnv, r: RedisClient) -> None:
     blob = bytes(range(256))
     await r.set("blob", blob)
     assert await r.get("blob") == blob
-    # FACTS.md: GETDEL with decode_responses=True deleted the key, then failed to decode: the value was lost. The
+    # With redis-py's decode_responses=True, GETDEL deleted the key, then failed to decode: the value was lost. The
     # SDK never decodes (and refuses the URL option that would), so the destructive read returns the exact bytes.
     got = await r.run("GETDEL", lambda c: c.execute_command("GETDEL", "blob"), idempotent=False)
     assert got == blob

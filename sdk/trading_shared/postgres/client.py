@@ -54,7 +54,7 @@ class PostgresClient:
     :class:`~trading_shared.errors.OutcomeUnknownError`. Transactions re-run as a whole on serialization failures
     and deadlocks, and after connection failures that happened before COMMIT was sent.
 
-    Deployments (README.md, section Deployments): behind PgBouncer in transaction mode set
+    Deployments (docs/postgres-pgbouncer.md, docs/postgres-failover.md): behind PgBouncer in transaction mode set
     ``pooler="transaction"``. With a multi-host DSN and ``target_session_attrs=read-write`` the client follows a
     failover: a write refused because the server turned read-only (SQLSTATE 25006 from a standby or a demoted
     primary) is known not to have been applied, so the pool is expired and the write re-sent to the new primary.

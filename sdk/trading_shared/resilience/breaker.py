@@ -1,7 +1,7 @@
 """An asyncio-correct circuit breaker over pybreaker.
 
 pybreaker keeps the state, the counters and the listener bus; this adapter decides *when* to consult it, because
-pybreaker alone misbehaves under asyncio (FACTS.md): it counts a coroutine as a success before it runs, lets every
+pybreaker alone misbehaves under asyncio: it counts a coroutine as a success before it runs, lets every
 caller through when half-open, lets stale results from calls started in an earlier state close or reopen it,
 counts cancellation as a failure, times its reset with the wall clock and lets a raising listener break a call.
 

@@ -1,7 +1,7 @@
 """The retry policy: tenacity's wait and stop strategies, consulted only after an attempt has failed.
 
 tenacity's ``AsyncRetrying`` costs ~20 us on a call that succeeds first time and keeps per-call state on a shared,
-thread-local object (FACTS.md). The pipeline therefore makes the first attempt outside tenacity and asks these
+thread-local object. The pipeline therefore makes the first attempt outside tenacity and asks these
 stateless strategies, with a fresh ``RetryCallState`` per failure, whether and how long to wait.
 """
 
