@@ -19,7 +19,7 @@ from opentelemetry.trace import TracerProvider
 
 from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.deadline import enclosing_deadline
+from ..resilience.deadline import CallSteps
 from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
 from ..resilience.pipeline import Pipeline
 from ..settings import PostgresSettings
@@ -337,11 +337,11 @@ class PostgresClient:
         """``single``: ``fn`` sends one statement (or one transaction), so its failures are read as they are."""
         gate = self._gate
         if gate is None:  # connect on demand: the connect and the call share one deadline
-            began = time.monotonic()
+            steps = CallSteps(self.settings.retry.deadline)
             await self.connect()
             if self._gate is None:
                 raise RuntimeError("PostgresClient was closed during connect()")
-            with enclosing_deadline(self.settings.retry.deadline, began):
+            with steps.next():
                 return await self._run(operation, fn, idempotent, single=single)
         traced = self.settings.statement_spans
 
@@ -383,14 +383,14 @@ class PostgresClient:
         nothing, so sending it again is safe. Caller errors are raised as they are.
         """
         assert self._replica is not None
-        began = time.monotonic()
+        steps = CallSteps(self.settings.retry.deadline)
         try:
             return await read(self._replica)
         except ServiceUnavailableError as exc:
             if not self.settings.replica_fallback or isinstance(exc, DeadlineExceededError):
                 raise
             _log.debug("replica %s cannot serve a read (%s); sending it to the primary", self._replica, type(exc))
-        with enclosing_deadline(self.settings.retry.deadline, began):  # the fallback gets what the replica left
+        with steps.next():  # the fallback gets what the replica left
             return await read(self)
 
     def _idempotent(self, query: str, given: bool | None) -> bool:

@@ -8,6 +8,7 @@ this subpackage never shadows it.
 """
 
 from .classify import (
+    MasterChangedError,
     MasterNotFoundError,
     NotMasterError,
     NotReplicatedError,
@@ -21,6 +22,7 @@ from .streams import ClaimResult, StreamEntry
 __all__ = [
     "ClaimResult",
     "CustomRedisClient",
+    "MasterChangedError",
     "MasterNotFoundError",
     "NotMasterError",
     "NotReplicatedError",

@@ -128,7 +128,6 @@ class CommandSet:
         self.pools = pools
         self._wait = wait
         self._built: dict[tuple[bool, bool, bool], Commands] = {}
-        self.writer: Commands = self.get(write=True) if wait is not None else pools.main
 
     def get(self, *, write: bool = False, asking: bool = False, blocking: bool = False) -> Commands:
         """The runner for a write (WAIT after it when configured), after ASK, and/or on the blocking pool."""

@@ -68,7 +68,9 @@ class Nudge:
 class Endpoint:
     """One server: its pools (main and blocking), their runners, its breaker and the pipeline that uses it."""
 
-    def __init__(self, host: str, port: int, pools: Pools, commands: CommandSet, pipeline: Pipeline) -> None:
+    def __init__(
+        self, host: str, port: int, pools: Pools, commands: CommandSet, pipeline: Pipeline, *, name_server: bool = True
+    ) -> None:
         self.host = host
         self.port = port
         self.name = f"{host}:{port}"
@@ -79,8 +81,11 @@ class Endpoint:
         #: True while another server is the master (sentinel mode): failures of calls in flight here mean that
         #: their server was demoted under them.
         self.superseded = False
-        #: Set on the span of every attempt this endpoint serves (the node that answered).
-        self.span_attributes: dict[str, str | int] = {names.SERVER_ADDRESS: host, names.SERVER_PORT: port}
+        #: Set on the span of every attempt this endpoint serves (the node that answered); None where the span
+        #: already names the server (standalone).
+        self.span_attributes: dict[str, str | int] | None = (
+            {names.SERVER_ADDRESS: host, names.SERVER_PORT: port} if name_server else None
+        )
 
     def __repr__(self) -> str:
         return f"<Endpoint {self.name} breaker={self.breaker.state.value}>"
@@ -104,7 +109,8 @@ class Endpoints:
         #: Woken by the router when the topology changes (a new master, a moved slot).
         self.nudge = Nudge()
         self._telemetry = telemetry
-        self._wait = wait
+        #: ``(replicas, timeout ms)`` of the WAIT that confirms writes, or None.
+        self.wait = wait
         self._by_address: dict[tuple[str, int], Endpoint] = {}
         self.closed = False
 
@@ -125,9 +131,13 @@ class Endpoints:
                 activate_span=True,  # attempts name the server that answered on the span
                 backoff=self.nudge.sleep,
             )
-            found = Endpoint(host, port, pools, CommandSet(pools, self._wait), pipeline)
+            found = Endpoint(host, port, pools, CommandSet(pools, self.wait), pipeline)
             self._by_address[(host, port)] = found
         return found
+
+    def adopt(self, endpoint: Endpoint) -> None:
+        """Keep an endpoint built elsewhere (standalone: the client's own pipeline and breaker)."""
+        self._by_address[(endpoint.host, endpoint.port)] = endpoint
 
     def all(self) -> list[Endpoint]:
         """Every endpoint created so far."""

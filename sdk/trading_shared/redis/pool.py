@@ -267,8 +267,6 @@ class Pools:
         self._settings = settings
         self._timing = timing
         self.main = Commands(aioredis.ConnectionPool(**kwargs), timing=timing)
-        #: The runner for writes: ``main``, or one that confirms each write with WAIT (``wait_replicas``).
-        self.writer: Commands = self.main
         self._blocking: Commands | None = None
         self.closed = False
 

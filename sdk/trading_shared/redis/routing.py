@@ -110,10 +110,15 @@ def routed_attempt(
 def _master_changed(endpoint: Endpoint) -> None:
     span = trace.get_current_span()
     if span.is_recording():
-        span.add_event(names.EVENT_MASTER_CHANGED, endpoint.span_attributes)
+        span.add_event(
+            names.EVENT_MASTER_CHANGED, {names.SERVER_ADDRESS: endpoint.host, names.SERVER_PORT: endpoint.port}
+        )
 
 
 def _name_server(endpoint: Endpoint) -> None:
+    attributes = endpoint.span_attributes
+    if attributes is None:
+        return
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attributes(endpoint.span_attributes)
+        span.set_attributes(attributes)

@@ -109,3 +109,19 @@ class DeadlineWatchdog:
                 self._expired.add(token)
                 task.cancel()
         self._handle = self._loop.call_later(self._tick, self._on_tick)
+
+
+class CallSteps:
+    """A caller's call made of several pipeline calls run in turn: connect on demand then the operation, a replica
+    read then its fallback to the primary. The first step runs under its own deadline; every later step, inside
+    :meth:`next`, gets only what is left of the call's ``deadline`` (counted from when this object was made)."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._began = time.monotonic()
+
+    @contextlib.contextmanager
+    def next(self) -> Iterator[None]:
+        """Run a later step: pipeline calls inside end by the call's deadline at the latest."""
+        with enclosing_deadline(self._deadline, self._began):
+            yield

@@ -1,0 +1,229 @@
+"""The stream commands of RedisClient: XADD, bulk appends, consumer groups, reads, acknowledgements, dead letters.
+
+Stream semantics (dedupe keys, scripts, entry parsing) live in :mod:`.streams`; bulk appends in :mod:`.bulk`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions as rex
+
+from . import streams
+from .bulk import BulkAppender
+from .classify import error_code
+from .dispatch import RedisBase
+from .endpoints import Key
+from .pool import Commands
+from .streams import ClaimResult, Fields, StreamEntry
+
+
+class StreamCommands(RedisBase):
+    """Stream commands (mixed into :class:`~trading_shared.RedisClient`)."""
+
+    async def xadd(
+        self,
+        stream: Key,
+        fields: Fields,
+        *,
+        id: str | bytes = "*",
+        maxlen: int | None = None,
+        approximate: bool = True,
+    ) -> bytes:
+        """XADD one entry; returns its ID.
+
+        With ``id="*"`` the server assigns the ID and a failure after sending raises OutcomeUnknownError. With an
+        explicit ``<ms>-<seq>`` ID the call is safe to re-send: a retry adds the entry only if it is not there yet.
+        """
+        streams.check_maxlen(maxlen)
+        args = streams.xadd_args(fields, id, maxlen, approximate)
+        if not streams.is_explicit_id(id):
+            result = await self._call(
+                "XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False, key=stream, write=True
+            )
+            return bytes(result)
+        streams.check_field_count(fields, 0)  # a re-send goes through a script (Lua unpack limit)
+        tries = 0
+
+        async def add(r: Commands) -> Any:
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                return await r.execute_command("XADD", stream, *args)
+            return await streams.XADD_IF_ABSENT.run(r, [streams.as_key(stream)], [id, *args])
+
+        return bytes(await self._call("XADD", add, idempotent=True, key=stream, write=True))
+
+    async def xadd_bulk(
+        self,
+        stream: Key,
+        messages: Sequence[Fields],
+        maxlen: int | None = None,
+        *,
+        approximate: bool = True,
+        chunk_size: int = 500,
+        dead_letter: bool = True,
+        dedupe_ttl: int = streams.DEFAULT_DEDUPE_TTL,
+    ) -> int:
+        """Append ``messages`` to ``stream`` in order, in chunks, without duplicates; returns how many were added.
+
+        Each chunk is one atomic script call, safe to re-send (see :mod:`trading_shared.redis.streams`); chunks of
+        one call are written in order and at most ``write_concurrency_limit`` chunks of the client are in flight.
+        If a chunk still fails after retries, writing stops, the unwritten messages are copied to ``dlq:<stream>``
+        (when ``dead_letter`` and the server takes them) and :class:`~trading_shared.errors.BulkWriteError` names
+        the input indexes not written, of unknown outcome, and dead-lettered. Messages are validated first: a bad
+        one raises ValueError/TypeError before anything is sent.
+        """
+        appender = BulkAppender(
+            lambda op, key, fn: self._call(op, fn, idempotent=True, key=key, write=True),
+            self._write_slots,
+            self._telemetry,
+            stream=stream,
+            messages=messages,
+            maxlen=maxlen,
+            approximate=approximate,
+            chunk_size=chunk_size,
+            dead_letter=dead_letter,
+            dedupe_ttl=dedupe_ttl,
+        )
+        return await appender.run()
+
+    async def ensure_consumer_group(
+        self, stream: Key, group: Key, *, start_id: str | bytes = "0", mkstream: bool = True
+    ) -> bool:
+        """Create consumer ``group`` on ``stream`` (and the stream, with ``mkstream``); False if it already existed.
+
+        ``start_id="0"`` (default) delivers the entries already in the stream too, so none written before the group
+        existed is skipped; pass ``"$"`` for new entries only.
+        """
+        return bool(
+            await self._call(
+                "XGROUP CREATE",
+                lambda r: _create_group(r, stream, group, start_id, mkstream),
+                idempotent=True,
+                key=stream,
+                write=True,
+            )
+        )
+
+    async def read_stream_messages(
+        self,
+        stream: Key,
+        group: Key,
+        consumer: Key,
+        *,
+        count: int = 100,
+        block_ms: int | None = None,
+        start_id: str | bytes = ">",
+        recreate_from: str | bytes = "0",
+    ) -> list[StreamEntry]:
+        """XREADGROUP: up to ``count`` entries for ``consumer`` (``start_id=">"``: never delivered before).
+
+        ``block_ms`` > 0 waits that long for entries (neither cut by the socket timeout nor counted as a failure).
+        A missing group (NOGROUP, e.g. after a restart without persistence) is recreated from ``recreate_from``
+        and the read repeated. Safe to re-send: entries delivered by a lost reply stay pending for this consumer
+        (read them with ``start_id="0"`` or claim them with :meth:`xautoclaim_stale_messages`).
+        """
+        if block_ms is not None and (isinstance(block_ms, bool) or block_ms <= 0):
+            raise ValueError("block_ms must be > 0 or None")
+        args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        args += ["STREAMS", stream, start_id]
+
+        async def read(r: Commands) -> Any:
+            try:
+                return await r.execute_command(*args)
+            except rex.ResponseError as exc:
+                if error_code(exc) != "NOGROUP":
+                    raise
+            await _create_group(r, stream, group, recreate_from, True)
+            return await r.execute_command(*args)
+
+        blocking = block_ms / 1000 if block_ms is not None else None
+        raw = await self._call("XREADGROUP", read, idempotent=True, blocking=blocking, key=stream)
+        return streams.entries(raw[0][1]) if raw else []
+
+    async def acknowledge_message(self, stream: Key, group: Key, *ids: str | bytes) -> int:
+        """XACK: how many of ``ids`` were pending and are now acknowledged."""
+        if not ids:
+            return 0
+        return int(
+            await self._call(
+                "XACK",
+                lambda r: r.execute_command("XACK", stream, group, *ids),
+                idempotent=True,
+                key=stream,
+                write=True,
+            )
+        )
+
+    async def dead_letter_message(self, stream: Key, group: Key, entry: StreamEntry, *, reason: str) -> bytes:
+        """Copy a consumed ``entry`` to ``dlq:<stream>`` (its fields plus ``dlq.stream``, ``dlq.group``, ``dlq.id``,
+        ``dlq.error`` = ``reason``), then acknowledge it in ``group``; returns the ID of the dead-letter copy.
+
+        Safe to re-send and to repeat: the copy is made by a script keyed on the stream, group and entry ID, so a
+        retry after a lost reply, or the same entry dead-lettered again after a crash left it pending, returns the
+        first copy's ID and adds nothing (for :data:`~.streams.DEAD_LETTER_DEDUPE_TTL`). The copy is made before
+        the acknowledgement: a failure in between leaves the entry pending, to be read and dead-lettered again.
+        ``reason`` lands in the stream as is: keep secrets out of it. Counted in the dead-lettered metric once.
+        """
+        source = streams.as_key(stream)
+        group_key = streams.as_key(group)
+        entry_id = streams.as_key(entry.id)
+        fields = streams.consumer_dead_letter_fields(source, group_key, entry_id, reason, entry.fields)
+        streams.check_field_count(fields, 0, streams.MAX_FIELDS + streams.DLQ_META_FIELDS)
+        dlq = streams.DLQ_PREFIX + source
+        keys = [dlq, streams.dedupe_key(dlq, group_key + b":" + entry_id, b"ts:dlq:")]
+        args = [streams.DEAD_LETTER_DEDUPE_TTL, *streams.items(fields, 0)]
+        copy_id, added = await self._call(
+            "DEAD_LETTER",
+            lambda r: streams.DEAD_LETTER.run(r, keys, args),
+            idempotent=True,
+            key=dlq,
+            write=True,
+        )
+        if added:
+            self._telemetry.dead_lettered(1)
+        await self.acknowledge_message(stream, group, entry.id)
+        return bytes(copy_id)
+
+    async def xautoclaim_stale_messages(
+        self,
+        stream: Key,
+        group: Key,
+        consumer: Key,
+        *,
+        min_idle_ms: int,
+        count: int = 100,
+        start_id: str | bytes = "0-0",
+    ) -> ClaimResult:
+        """XAUTOCLAIM: take over entries pending longer than ``min_idle_ms`` in other consumers.
+
+        Re-sent after a lost reply, the second claim finds the entries already idle-reset and owned by
+        ``consumer``: they stay pending there and are claimed again once idle, so none is lost.
+        """
+        raw = await self._call(
+            "XAUTOCLAIM",
+            lambda r: r.execute_command("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start_id, "COUNT", count),
+            idempotent=True,
+            key=stream,
+            write=True,
+        )
+        deleted = list(raw[2]) if len(raw) > 2 else []
+        return ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
+
+
+async def _create_group(r: Commands, stream: Key, group: Key, start_id: str | bytes, mkstream: bool) -> bool:
+    """XGROUP CREATE; an existing group (BUSYGROUP) is success, reported as False."""
+    args: list[Any] = ["XGROUP", "CREATE", stream, group, start_id]
+    if mkstream:
+        args.append("MKSTREAM")
+    try:
+        await r.execute_command(*args)
+    except rex.ResponseError as exc:
+        if error_code(exc) == "BUSYGROUP":
+            return False
+        raise
+    return True
