@@ -43,8 +43,9 @@ class RedisClient(StreamCommands):
 
     ``settings.mode`` picks the deployment (docs/redis-standalone.md and the pages it links). ``sentinel``: every
     command goes to the master the sentinels name, and a failover is followed. ``cluster``: every command goes to the
-    master owning its key's hash slot (MOVED/ASK followed). In both, each server gets its own pools and breaker (:attr:`breakers`),
-    and spans name the server that answered. With ``wait_replicas`` set, writes are confirmed with WAIT.
+    master owning its key's hash slot (MOVED/ASK followed). In both, each server gets its own pools and breaker
+    (:attr:`breakers`), and spans name the server that answered. With ``wait_replicas`` set, writes are confirmed
+    with WAIT.
     """
 
     # -- keys and hashes -------------------------------------------------------------------------------------------
