@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trading_shared import BreakerSettings, CircuitOpenError
-from trading_shared.resilience import BreakerState, CircuitBreaker
+from trading_shared.resilience import BreakerState
+from trading_shared.resilience.breaker import CircuitBreaker
 
 
 class Clock:

@@ -25,8 +25,12 @@ from trading_shared import (
     ServiceUnavailableError,
     set_testing,
 )
-from trading_shared.resilience import BreakerState, CircuitBreaker, Fault, Pipeline, RequestNotSent
+from trading_shared.resilience import BreakerState, Fault
+from trading_shared.resilience import retry as retry_policy
+from trading_shared.resilience.breaker import CircuitBreaker
 from trading_shared.resilience.deadline import CALL_DEADLINE, enclosing_deadline
+from trading_shared.resilience.faults import RequestNotSent
+from trading_shared.resilience.pipeline import Pipeline
 from trading_shared.telemetry import ClientTelemetry, names
 
 
@@ -279,6 +283,21 @@ async def test_testing_mode_removes_waits_and_caps_attempts() -> None:
     assert h.calls == 2
 
 
+async def test_testing_mode_as_a_context_manager_restores_the_mode_before() -> None:
+    h = Harness(attempts=5)
+    with set_testing(True, attempts=3):
+        with set_testing(True, attempts=1), pytest.raises(ServiceUnavailableError):
+            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
+        assert h.calls == 1
+        with pytest.raises(ServiceUnavailableError):
+            await h.pipeline.call("fetch", h.script(Refused()), idempotent=True)
+        assert h.calls == 1 + 3  # the outer mode is back
+    assert not retry_policy.testing_enabled()
+    with pytest.raises(ValueError, match="attempts"):
+        set_testing(True, attempts=0)
+    assert not retry_policy.testing_enabled()
+
+
 async def test_telemetry_failure_never_breaks_a_call() -> None:
     h = Harness()
 
@@ -324,7 +343,7 @@ async def test_errors_of_other_clients_inside_an_attempt_are_not_this_servers_fa
 
 
 async def test_partly_applied_attempts_are_never_rerun_unless_idempotent() -> None:
-    from trading_shared.resilience import PartlyApplied
+    from trading_shared.resilience.faults import PartlyApplied
 
     h = Harness(attempts=5)
     with pytest.raises(OutcomeUnknownError):

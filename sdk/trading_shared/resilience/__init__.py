@@ -1,18 +1,12 @@
-"""The resilient call pipeline shared by every client: classification, circuit breaker, retries, deadline."""
+"""The resilient call pipeline shared by every client: classification, circuit breaker, retries, deadline.
 
-from .breaker import BreakerState, CircuitBreaker
-from .faults import Fault, PartlyApplied, RequestNotSent
-from .pipeline import DriverErrors, Pipeline
-from .retry import RetryPolicy, set_testing
+Public here: :class:`BreakerState` (the states a breaker reports), :class:`Fault` (what a failure means for retries
+and the breaker) and :func:`set_testing`. The machinery (``Pipeline``, ``CircuitBreaker``, the ``RequestNotSent`` /
+``PartlyApplied`` markers) lives in the submodules and is internal.
+"""
 
-__all__ = [
-    "BreakerState",
-    "CircuitBreaker",
-    "DriverErrors",
-    "Fault",
-    "PartlyApplied",
-    "Pipeline",
-    "RequestNotSent",
-    "RetryPolicy",
-    "set_testing",
-]
+from .breaker import BreakerState
+from .faults import Fault
+from .retry import TestingMode, set_testing
+
+__all__ = ["BreakerState", "Fault", "TestingMode", "set_testing"]

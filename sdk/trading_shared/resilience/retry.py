@@ -17,13 +17,32 @@ from ..settings import RetrySettings
 _testing_attempts: int | None = None
 
 
-def set_testing(enabled: bool, *, attempts: int = 1) -> None:
+class TestingMode:
+    """What :func:`set_testing` returns: leaving it as a context manager restores the mode in force before."""
+
+    def __init__(self, previous: int | None) -> None:
+        self._previous = previous
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        global _testing_attempts
+        _testing_attempts = self._previous
+
+
+def set_testing(enabled: bool, *, attempts: int = 1) -> TestingMode:
     """Test mode for applications' own test suites: no backoff waits and at most ``attempts`` attempts per call.
 
-    Call ``set_testing(False)`` to restore the configured policies. Process-wide; meant for tests only.
+    Applies at once, process-wide (meant for tests only). Either call ``set_testing(False)`` later, or use it as a
+    context manager, ``with set_testing(True):``, which restores the mode in force before on leaving.
     """
     global _testing_attempts
+    if enabled and (isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1):
+        raise ValueError("attempts must be an int >= 1")
+    previous = _testing_attempts
     _testing_attempts = attempts if enabled else None
+    return TestingMode(previous)
 
 
 def testing_enabled() -> bool:
