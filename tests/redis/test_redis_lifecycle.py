@@ -14,6 +14,7 @@ from redis_testing import CLIENT_NAME, SECRET
 from support.leaks import eventually, redis_client_count
 from support.servers import RedisServer
 from trading_shared import (
+    CircuitOpenError,
     ConfigurationError,
     CustomRedisClient,
     RedisClient,
@@ -49,10 +50,22 @@ async def test_concurrent_connects_share_one_pool(make_redis: Callable[..., Redi
         await r.close()
 
 
-async def test_two_clients_share_nothing(make_redis: Callable[..., RedisClient]) -> None:
-    async with make_redis() as a, make_redis() as b:
-        assert a.connection_pool is not b.connection_pool
-        assert a.breaker is not b.breaker
+async def test_two_clients_share_no_breaker_and_no_connection(make_redis: Callable[..., RedisClient]) -> None:
+    """Observable, not identities: a's open breaker does not reject b's calls, and closing a leaves b's connection
+    (and its server-side client) working."""
+    async with make_redis(breaker={"fail_max": 1, "reset_timeout": 30}) as a, make_redis() as b:
+        await a.set("k", b"1")
+        await b.set("k", b"1")
+        a.breaker.record_failure(a.breaker.admit("test"))  # one failed call, fail_max=1: a's breaker opens
+        with pytest.raises(CircuitOpenError):
+            await a.get("k")
+        assert await b.get("k") == b"1"  # b's breaker is its own
+        b_pool = b.connection_pool
+        assert b_pool is not None
+        in_b = b_pool.get_connection_count()[0]
+        await a.close()
+        assert await b.get("k") == b"1"  # b's connections survived a's close
+        assert b_pool.get_connection_count()[0] == in_b
 
 
 async def test_close_is_idempotent_and_reuse_after_close_reconnects(make_redis: Callable[..., RedisClient]) -> None:
@@ -62,9 +75,9 @@ async def test_close_is_idempotent_and_reuse_after_close_reconnects(make_redis: 
     await r.close()
     await r.close()
     assert await r.incr("n") == 1  # any call connects again
-    assert "connected" in repr(r)
+    assert repr(r).endswith(" connected>") and "not connected" not in repr(r)
     await r.close()
-    assert "not connected" in repr(r)
+    assert repr(r).endswith(" not connected>")
 
 
 async def test_close_is_bounded_while_a_blocking_read_is_in_flight(make_redis: Callable[..., RedisClient]) -> None:
