@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -25,6 +27,52 @@ async def _ticks_in_candles(dsn: str) -> tuple[int, int]:
     finally:
         await conn.close()
     return int(row["ticks"]), int(row["rows"])
+
+
+def _candles_module() -> Any:
+    spec = importlib.util.spec_from_file_location("example_candles", EXAMPLES / "candles.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("example_candles", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _candles_match_the_stream(dsn: str, url: str) -> int:
+    """Every candle row equals the fold of exactly the valid ticks the stream holds for it, by stream entry.
+
+    Per candle, not a total: trades, volume, open, close and the last entry ID folded in must all match, so one tick
+    lost from one candle and one counted twice in another cannot cancel out. The stream is the ground truth of what
+    was produced (a batch of unknown outcome is there or not). Returns the number of valid ticks."""
+    candles = _candles_module()
+    client = aioredis.from_url(url)
+    try:
+        entries = await client.xrange(STREAM)
+    finally:
+        await client.aclose()
+    book = candles.CandleBook(bucket_seconds=2)
+    valid = 0
+    for entry_id, fields in entries:
+        try:
+            tick = candles.parse_tick(fields)
+        except candles.PoisonMessage:
+            continue
+        assert book.fold(tick, candles.parse_id(entry_id)), f"stream entry {entry_id!r} twice in the stream"
+        valid += 1
+    expected = {key: (c.open, c.close, c.volume, c.trades, tuple(c.last)) for key, c in book.candles.items()}
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT symbol, bucket, open, close, volume, trades, last_ms, last_seq FROM candles")
+    finally:
+        await conn.close()
+    actual = {
+        (r["symbol"], r["bucket"]): (r["open"], r["close"], r["volume"], r["trades"], (r["last_ms"], r["last_seq"]))
+        for r in rows
+    }
+    assert set(actual) == set(expected), set(actual) ^ set(expected)
+    wrong = {k: (actual[k], expected[k]) for k in expected if actual[k] != expected[k]}
+    assert not wrong, f"{len(wrong)} candle(s) differ from the stream (table, stream): {list(wrong.items())[:3]}"
+    return valid
 
 
 async def _stream_len(url: str, key: str) -> int:
@@ -67,6 +115,7 @@ async def test_a_timed_run_drains_checks_and_exits_0_with_poison_dead_lettered(
     assert ticks == stats["produced"] - stats["produced_poison"]
     assert rows >= 8  # 8 symbols, 2-second buckets
     assert await _stream_len(redis_url, f"dlq:{STREAM}") == stats["dead_lettered"]
+    assert await _candles_match_the_stream(pg_dsn, redis_url) == ticks  # per candle and per entry, not a total
     assert "market-data stopped (exit code 0): every task finished" in result.output
     assert "check: " in result.output and ": OK" in result.output
 
@@ -112,7 +161,9 @@ async def test_sigterm_exits_0_and_a_drain_run_loses_and_duplicates_nothing(
     assert drain.returncode == 0, drain.output
     ticks, _ = await _ticks_in_candles(pg_dsn)
     valid = first["produced"] - first["produced_poison"]
-    assert valid <= ticks <= valid + first["produce_unknown"]  # lost = 0, duplicated = 0
+    assert valid <= ticks <= valid + first["produce_unknown"]
+    # lost = 0, duplicated = 0, per candle and per stream entry (a loss and a duplicate cannot cancel out)
+    assert await _candles_match_the_stream(pg_dsn, redis_url) == ticks
 
 
 async def test_with_prometheus_port_it_serves_the_sdk_metrics(pg_dsn: str, redis_url: str, tmp_path: Path) -> None:
