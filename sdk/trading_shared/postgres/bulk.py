@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
+
+T = TypeVar("T")
+_log = logging.getLogger("trading_shared.postgres.client")
+_STATUS_COUNT = re.compile(r"(\d+)$")
 
 LEGACY_UPSERT_SQL = "SELECT bulk_upsert_instruments($1::jsonb[])"
 
@@ -47,9 +53,7 @@ class CopyUpsert:
         cols = ", ".join(quote_ident(c) for c in columns)
         keys = ", ".join(quote_ident(k) for k in key_columns)
         self.columns = list(columns)
-        self.create_sql = (
-            f"CREATE TEMP TABLE IF NOT EXISTS _ts_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
-        )
+        self.create_sql = f"CREATE TEMP TABLE IF NOT EXISTS _ts_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
         action = (
             "DO UPDATE SET " + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
             if updates
@@ -63,3 +67,81 @@ class CopyUpsert:
         await conn.copy_records_to_table("_ts_stage", records=rows, columns=self.columns)
         status: str = await conn.execute(self.merge_sql)
         return int(status.rsplit(" ", 1)[-1])
+
+
+class BulkMethods:
+    """:class:`~trading_shared.PostgresClient`'s bulk writes: the jsonb[] upsert function and the COPY paths."""
+
+    if TYPE_CHECKING:
+
+        async def _run(
+            self,
+            operation: str,
+            fn: Callable[[asyncpg.Connection], Awaitable[T]],
+            idempotent: bool,
+            *,
+            single: bool = True,
+        ) -> T:
+            """Provided by PostgresClient."""
+            ...
+
+        async def transaction(
+            self,
+            fn: Callable[[asyncpg.Connection], Awaitable[T]],
+            *,
+            isolation: Literal["read_committed", "repeatable_read", "serializable"] = "read_committed",
+            readonly: bool = False,
+            idempotent: bool = False,
+            operation: str = "transaction",
+        ) -> T:
+            """Provided by PostgresClient."""
+            ...
+
+    async def bulk_upsert_instruments(self, instruments: Sequence[Mapping[str, Any]], exchange_name: str) -> int:
+        """Upsert instruments through the services' ``bulk_upsert_instruments(jsonb[])`` database function.
+
+        Adds ``exchange`` to a copy of each instrument (the caller's list and dicts are never mutated). The
+        function upserts, so the call is safe to re-send. Returns how many instruments were sent.
+        """
+        if not instruments:
+            return 0
+        payload = with_exchange(instruments, exchange_name)
+        await self._run("bulk_upsert_instruments", lambda c: c.execute(LEGACY_UPSERT_SQL, payload), True)
+        _log.info("bulk-upserted %d instruments for one exchange", len(payload))
+        return len(payload)
+
+    async def copy_upsert(
+        self,
+        table: str,
+        records: Iterable[Sequence[Any]],
+        *,
+        columns: Sequence[str],
+        key_columns: Sequence[str],
+        update_columns: Sequence[str] | None = None,
+        schema: str | None = None,
+    ) -> int:
+        """Bulk upsert through COPY into a temporary staging table, then one ``INSERT .. ON CONFLICT``.
+
+        The fastest write path for large batches (several times the jsonb-function path). Keyed, so safe to
+        re-send; atomic (one transaction). Returns the number of rows inserted or updated.
+        """
+        rows = list(records)
+        if not rows:
+            return 0
+        plan = CopyUpsert(table, columns, key_columns, update_columns, schema)
+        return await self.transaction(lambda c: plan.run(c, rows), idempotent=True, operation="copy_upsert")
+
+    async def copy_records(
+        self, table: str, records: Iterable[Sequence[Any]], *, columns: Sequence[str], schema: str | None = None
+    ) -> int:
+        """Plain COPY of rows into ``table`` (atomic, not keyed: never re-sent once it may have been applied)."""
+        rows = list(records)
+        if not rows:
+            return 0
+        status: str = await self._run(
+            "copy_records",
+            lambda c: c.copy_records_to_table(table, records=rows, columns=list(columns), schema_name=schema),
+            False,
+        )
+        found = _STATUS_COUNT.search(status)
+        return int(found.group(1)) if found else 0

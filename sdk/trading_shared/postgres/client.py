@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
-import warnings
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -26,11 +24,12 @@ from ..settings import PostgresSettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
-from . import bulk
-from .classify import LoginRefusedError, PostgresErrors, ReadOnlyServerError
-from .hosts import connect_each_host, split_hosts
-from .pool import PoolGate
-from .statement_spans import end_statement_scope, statement_scope, traced_connection_class
+from . import connections
+from .bulk import BulkMethods
+from .classify import PostgresErrors, ReadOnlyServerError
+from .legacy import LegacyMethods
+from .pool import PoolGate, create_gate
+from .statement_spans import end_statement_scope, statement_scope
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ _WRITE_WORD = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|COPY|ANALYZE|LOCK|NEXTV
 _STATUS_COUNT = re.compile(r"(\d+)$")
 
 
-class PostgresClient:
+class PostgresClient(BulkMethods, LegacyMethods):
     """An async PostgreSQL client: one pool, one circuit breaker, retries, spans and metrics for every call.
 
     Use it as ``async with PostgresClient(settings) as pg:`` (run-once tasks) or ``await pg.connect()`` /
@@ -119,13 +118,6 @@ class PostgresClient:
                     self._gate = await self._pipeline.call("connect", self._create_gate, idempotent=True)
                     self._telemetry.observe(pool=self._pool_stats, breakers=self._breaker_states)
         return self
-
-    async def start_pool(self) -> asyncpg.Pool:
-        """Deprecated alias of :meth:`connect` kept for the replaced client; returns the raw pool."""
-        warnings.warn("start_pool() is deprecated; use connect()", DeprecationWarning, stacklevel=2)
-        await self.connect()
-        assert self._gate is not None
-        return self._gate.pool
 
     async def close(self, timeout: float = 10.0) -> None:
         """Close the pool (and the replica's) within ``timeout`` seconds (then terminate). Idempotent."""
@@ -249,9 +241,9 @@ class PostgresClient:
                 await tx.start()
                 result = await fn(conn)
             except BaseException as exc:
-                if _is_closed(conn):
+                if connections.is_closed(conn):
                     if isinstance(exc, Exception):  # the connection died before COMMIT: rolled back
-                        raise RequestNotSent(_lost(exc)) from exc
+                        raise RequestNotSent(connections.lost(exc)) from exc
                     raise
                 if not isinstance(exc, Exception):
                     raise  # cancelled (maybe by the deadline): no await here; the pool's release rolls back
@@ -260,61 +252,12 @@ class PostgresClient:
                 if isinstance(exc, Exception) and self._errors.classify(exc) is Fault.INDETERMINATE:
                     raise RequestNotSent(exc) from exc  # never committed: the server rolled it back
                 raise
-            if _is_closed(conn):
+            if connections.is_closed(conn):
                 raise RequestNotSent(asyncpg.ConnectionDoesNotExistError("connection lost before COMMIT was sent"))
             await tx.commit()  # a failure here may or may not have committed
             return result
 
         return await self._run(operation, body, idempotent)
-
-    async def bulk_upsert_instruments(self, instruments: Sequence[Mapping[str, Any]], exchange_name: str) -> int:
-        """Upsert instruments through the services' ``bulk_upsert_instruments(jsonb[])`` database function.
-
-        Adds ``exchange`` to a copy of each instrument (the caller's list and dicts are never mutated). The
-        function upserts, so the call is safe to re-send. Returns how many instruments were sent.
-        """
-        if not instruments:
-            return 0
-        payload = bulk.with_exchange(instruments, exchange_name)
-        await self._run("bulk_upsert_instruments", lambda c: c.execute(bulk.LEGACY_UPSERT_SQL, payload), True)
-        _log.info("bulk-upserted %d instruments for one exchange", len(payload))
-        return len(payload)
-
-    async def copy_upsert(
-        self,
-        table: str,
-        records: Iterable[Sequence[Any]],
-        *,
-        columns: Sequence[str],
-        key_columns: Sequence[str],
-        update_columns: Sequence[str] | None = None,
-        schema: str | None = None,
-    ) -> int:
-        """Bulk upsert through COPY into a temporary staging table, then one ``INSERT .. ON CONFLICT``.
-
-        The fastest write path for large batches (several times the jsonb-function path). Keyed, so safe to
-        re-send; atomic (one transaction). Returns the number of rows inserted or updated.
-        """
-        rows = list(records)
-        if not rows:
-            return 0
-        plan = bulk.CopyUpsert(table, columns, key_columns, update_columns, schema)
-        return await self.transaction(lambda c: plan.run(c, rows), idempotent=True, operation="copy_upsert")
-
-    async def copy_records(
-        self, table: str, records: Iterable[Sequence[Any]], *, columns: Sequence[str], schema: str | None = None
-    ) -> int:
-        """Plain COPY of rows into ``table`` (atomic, not keyed: never re-sent once it may have been applied)."""
-        rows = list(records)
-        if not rows:
-            return 0
-        status: str = await self._run(
-            "copy_records",
-            lambda c: c.copy_records_to_table(table, records=rows, columns=list(columns), schema_name=schema),
-            False,
-        )
-        found = _STATUS_COUNT.search(status)
-        return int(found.group(1)) if found else 0
 
     async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:
         """Run ``fn`` on a pooled connection through the pipeline (for operations the client lacks).
@@ -353,11 +296,11 @@ class PostgresClient:
                 try:
                     return await fn(conn)
                 except asyncpg.InterfaceError as exc:
-                    if _is_closed(conn):  # asyncpg refused to send on a connection that was already gone
-                        raise RequestNotSent(_lost(exc)) from exc
+                    if connections.is_closed(conn):  # asyncpg refused to send on a connection that was already gone
+                        raise RequestNotSent(connections.lost(exc)) from exc
                     raise
                 except asyncpg.ReadOnlySQLTransactionError as exc:
-                    if self._writable and await _server_is_read_only(conn):
+                    if self._writable and await connections.server_is_read_only(conn):
                         await gate.expire()  # reconnect: target_session_attrs=read-write skips the read-only host
                         raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
                     raise
@@ -404,57 +347,7 @@ class PostgresClient:
         return known
 
     async def _create_gate(self) -> PoolGate:
-        s = self.settings
-        connection_class: type[asyncpg.Connection] = asyncpg.Connection
-        if s.statement_spans:
-            connection_class = traced_connection_class(self._tracer_provider)
-        telemetry = self._telemetry
-        multi_host = len(split_hosts(s.resolved_dsn().get_secret_value())) > 1
-
-        async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
-            started = time.perf_counter()
-            try:
-                conn = await connect_each_host(*args, **kwargs)  # each host of a multi-host DSN gets the full timeout
-            except asyncpg.ProtocolViolationError as exc:  # refused at login (PgBouncer's errors): transient
-                raise LoginRefusedError(f"login refused ({exc.sqlstate})") from exc
-            telemetry.pool_create(time.perf_counter() - started)
-            if multi_host:
-                _name_server(telemetry, conn)
-            return conn
-
-        extra: dict[str, Any] = {}
-        if s.ssl is not None:
-            extra["ssl"] = s.ssl
-        try:
-            pool = await asyncpg.create_pool(
-                s.resolved_dsn().get_secret_value(),
-                # One connection up front so bad credentials fail here; min_size=0 keeps asyncpg's own background
-                # reconnect loop (which bypasses the breaker and logs a traceback a second) switched off.
-                init_size=max(1, s.min_size),
-                min_size=0,
-                max_size=s.max_size,
-                command_timeout=s.command_timeout,
-                timeout=s.connect_timeout,
-                statement_cache_size=s.effective_statement_cache_size(),
-                server_settings={"application_name": s.application_name},
-                init=_init_connection,
-                connect=connect,
-                # Behind a transaction pooler no session state survives a transaction, and the default reset query
-                # (RESET ALL, UNLISTEN *, advisory unlocks) would run on whichever server connection the pooler
-                # picks. asyncpg still rolls back an open transaction before calling this.
-                reset=_no_session_reset if s.pooler == "transaction" else None,
-                connection_class=connection_class,
-                **extra,
-            )
-        except Exception as exc:
-            raise RequestNotSent(exc) from exc
-        return PoolGate(
-            pool,
-            max_size=s.max_size,
-            acquire_timeout=s.acquire_timeout,
-            telemetry=telemetry,
-            timing_metrics=s.pool_timing_metrics,
-        )
+        return await create_gate(self.settings, self._telemetry, self._tracer_provider)
 
     def _pool_stats(self) -> PoolStats | None:
         gate = self._gate
@@ -462,67 +355,3 @@ class PostgresClient:
 
     def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
         return [(self._telemetry.pool_attributes, self.breaker.state.value)]
-
-
-def _lost(cause: BaseException) -> BaseException:
-    """The error to report for a statement refused because its connection was already closed."""
-    if isinstance(cause, asyncpg.PostgresConnectionError | OSError):
-        return cause
-    lost: BaseException = asyncpg.ConnectionDoesNotExistError("connection was closed before the request was sent")
-    lost.__cause__ = cause
-    return lost
-
-
-def _name_server(telemetry: ClientTelemetry, conn: asyncpg.Connection) -> None:
-    """Point telemetry's ``server.address``/``server.port`` at the host a multi-host DSN's connect reached."""
-    address = getattr(conn, "_addr", None)  # asyncpg keeps the (host, port) it connected to; no public accessor
-    if isinstance(address, tuple) and len(address) >= 2:
-        telemetry.set_server(str(address[0]), int(address[1]))
-
-
-def _is_closed(conn: asyncpg.Connection) -> bool:
-    """Whether a pooled connection is unusable (asyncpg detaches the proxy of a connection the server closed)."""
-    try:
-        return bool(conn.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
-async def _server_is_read_only(conn: asyncpg.Connection) -> bool:
-    """After a 25006: whether the server refuses writes itself (standby, fenced primary), not the caller's own
-    read-only transaction. A transaction the caller left open cannot be checked: the error stays the caller's.
-    A check lost with the connection counts as read-only: the retry, on a new connection, checks again."""
-    if conn.is_in_transaction():
-        return False
-    try:
-        return bool(await conn.fetchval("SELECT current_setting('transaction_read_only') = 'on'"))
-    except asyncpg.PostgresError:
-        return False
-    except Exception:
-        return True
-
-
-async def _no_session_reset(conn: asyncpg.Connection) -> None:
-    """The pool's release hook behind a transaction pooler: nothing beyond asyncpg's own rollback."""
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    """JSON and JSONB as Python objects on every new connection.
-
-    Binary format: COPY (``copy_upsert``, ``copy_records``) only takes binary codecs, and a text-format codec made it
-    fail with "no binary format encoder for type jsonb". jsonb's binary form is a version byte (1) and the text.
-    """
-    await conn.set_type_codec("json", encoder=_json_bytes, decoder=json.loads, schema="pg_catalog", format="binary")
-    await conn.set_type_codec("jsonb", encoder=_jsonb_bytes, decoder=_jsonb_load, schema="pg_catalog", format="binary")
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
-def _jsonb_bytes(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value).encode()
-
-
-def _jsonb_load(data: bytes) -> Any:
-    return json.loads(data[1:])

@@ -22,11 +22,16 @@ import time
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import TracerProvider
 
 from ..resilience.faults import RequestNotSent
+from ..settings import PostgresSettings
 from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
-from .classify import PoolAcquireTimeout
+from . import codecs, connections
+from .classify import LoginRefusedError, PoolAcquireTimeout
+from .hosts import connect_each_host, split_hosts
+from .statement_spans import traced_connection_class
 
 _log = logging.getLogger(__name__)
 
@@ -123,3 +128,61 @@ class PoolGate:
             self.pool.terminate()
         for task in list(self._releases):
             task.cancel()
+
+
+async def create_gate(
+    s: PostgresSettings, telemetry: ClientTelemetry, tracer_provider: TracerProvider | None
+) -> PoolGate:
+    """Create the asyncpg pool for ``s`` (codecs, telemetry of each connect, pooler mode) and its gate.
+
+    A failure is wrapped in ``RequestNotSent``: nothing was sent yet.
+    """
+    connection_class: type[asyncpg.Connection] = asyncpg.Connection
+    if s.statement_spans:
+        connection_class = traced_connection_class(tracer_provider)
+    multi_host = len(split_hosts(s.resolved_dsn().get_secret_value())) > 1
+
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+        started = time.perf_counter()
+        try:
+            conn = await connect_each_host(*args, **kwargs)  # each host of a multi-host DSN gets the full timeout
+        except asyncpg.ProtocolViolationError as exc:  # refused at login (PgBouncer's errors): transient
+            raise LoginRefusedError(f"login refused ({exc.sqlstate})") from exc
+        telemetry.pool_create(time.perf_counter() - started)
+        if multi_host:
+            connections.name_server(telemetry, conn)
+        return conn
+
+    extra: dict[str, Any] = {}
+    if s.ssl is not None:
+        extra["ssl"] = s.ssl
+    try:
+        pool = await asyncpg.create_pool(
+            s.resolved_dsn().get_secret_value(),
+            # One connection up front so bad credentials fail here; min_size=0 keeps asyncpg's own background
+            # reconnect loop (which bypasses the breaker and logs a traceback a second) switched off.
+            init_size=max(1, s.min_size),
+            min_size=0,
+            max_size=s.max_size,
+            command_timeout=s.command_timeout,
+            timeout=s.connect_timeout,
+            statement_cache_size=s.effective_statement_cache_size(),
+            server_settings={"application_name": s.application_name},
+            init=codecs.register,
+            connect=connect,
+            # Behind a transaction pooler no session state survives a transaction, and the default reset query
+            # (RESET ALL, UNLISTEN *, advisory unlocks) would run on whichever server connection the pooler
+            # picks. asyncpg still rolls back an open transaction before calling this.
+            reset=connections.no_session_reset if s.pooler == "transaction" else None,
+            connection_class=connection_class,
+            **extra,
+        )
+    except Exception as exc:
+        raise RequestNotSent(exc) from exc
+    return PoolGate(
+        pool,
+        max_size=s.max_size,
+        acquire_timeout=s.acquire_timeout,
+        telemetry=telemetry,
+        timing_metrics=s.pool_timing_metrics,
+    )

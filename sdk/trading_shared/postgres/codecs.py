@@ -1,0 +1,75 @@
+"""json and jsonb as Python objects, encoded with orjson (what the replaced client used), in binary format.
+
+Binary format: COPY (``copy_upsert``, ``copy_records``) only takes binary codecs; a text-format codec made it fail
+with "no binary format encoder for type jsonb". jsonb's binary form is a version byte (1) and the JSON text.
+
+Encoding (:func:`dumps`) is orjson's, so a ``model_dump()`` encodes as it did on the replaced client: ``datetime``,
+``date`` and ``time`` as ISO 8601 (RFC 3339) strings, ``UUID`` as its canonical string, enums as their values,
+dataclasses as objects, NaN and infinities as ``null``, non-string dict keys as strings (as ``json.dumps`` did).
+On top of that, a finite ``Decimal`` is written as the exact JSON number (``Decimal("1.10")`` -> ``1.10``); the
+replaced client raised on it. Values orjson cannot encode but ``json.dumps`` can (integers beyond 64 bits, strings
+with lone surrogates) are encoded by ``json.dumps``, so everything the SDK encoded before still encodes. Anything
+else raises ``TypeError`` (asyncpg reports it as ``asyncpg.DataError``, the caller's error).
+
+Decoding uses orjson too, except for documents with a run of 19 or more digits: orjson reads integers beyond
+64 bits as floats, ``json.loads`` keeps them exact, so those documents go to ``json.loads``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def _default(value: Any) -> Any:
+    """orjson's hook for the types it lacks: a finite Decimal becomes the exact JSON number."""
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value).encode())  # str() of a finite Decimal is a valid JSON number
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as JSON bytes (orjson; ``json.dumps`` for what only it can encode). See the module doc."""
+    try:
+        return orjson.dumps(value, default=_default, option=_OPTIONS)
+    except TypeError as exc:
+        try:
+            return json.dumps(value).encode()
+        except (TypeError, ValueError):
+            raise exc from None
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """Decode JSON bytes; integers beyond 64 bits stay exact."""
+    if _LONG_NUMBER.search(data) is None:
+        return orjson.loads(data)
+    return json.loads(bytes(data))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return dumps(value)
+
+
+def _jsonb_bytes(value: Any) -> bytes:
+    return b"\x01" + dumps(value)
+
+
+def _jsonb_load(data: bytes) -> Any:
+    return loads(memoryview(data)[1:])
+
+
+async def register(conn: asyncpg.Connection) -> None:
+    """Install the json and jsonb codecs on a new connection."""
+    await conn.set_type_codec("json", encoder=_json_bytes, decoder=loads, schema="pg_catalog", format="binary")
+    await conn.set_type_codec("jsonb", encoder=_jsonb_bytes, decoder=_jsonb_load, schema="pg_catalog", format="binary")
+
+
+__all__ = ["dumps", "loads", "register"]
