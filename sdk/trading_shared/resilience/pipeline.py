@@ -101,178 +101,186 @@ class Pipeline:
         ``idempotent`` says the request may be re-sent after it may have reached the server (keys, explicit ids,
         ON CONFLICT). ``extra_time`` widens the deadline for operations that block on purpose.
         """
-        tel = self.telemetry
-        span = tel.start(operation)
-        t0 = time.perf_counter()
-        started = time.monotonic()
-        own_end = end = started + self._deadline + extra_time
+        call = _Call(operation, self.telemetry.start(operation), self._deadline, extra_time)
         enclosing = CALL_DEADLINE.get()
         cleared = None
         if enclosing is not None:
             # What an earlier step of the caller's call (a connect on demand, a replica read) left. Running out of
             # it says nothing about this server, so it never counts against the breaker.
-            end = min(own_end, enclosing + extra_time)
-            if end <= started:
-                self._spent(span, operation, t0)
+            call.end = min(call.own_end, enclosing + extra_time)
+            if call.end <= call.started:
+                self._spent(call)
             cleared = CALL_DEADLINE.set(None)  # the attempt (a caller's fn, tasks it starts) starts afresh
-        token = self._watchdog.register(end)
-        attempts = 0
-        ticket = -1
-        owed: int | None = None  # ticket of an infrastructure failure the breaker has not been told of yet
-        in_attempt = False
-        maybe_applied = False
-        last: BaseException | None = None
-        rejection: CircuitOpenError | None = None  # raised by THIS breaker (not one met inside the attempt)
+        token = self._watchdog.register(call.end)
         try:
             while True:
-                attempts += 1
+                call.attempts += 1
                 try:
-                    ticket = self.breaker.admit(operation)
+                    call.ticket = self.breaker.admit(operation)
                 except CircuitOpenError as rejected:
-                    rejection = rejected
+                    call.rejection = rejected
                     raise
-                in_attempt = True
+                call.in_attempt = True
                 try:
                     if self._activate_span:
-                        with tel.activate(span):
+                        with self.telemetry.activate(call.span):
                             result = await attempt()
                     else:
                         result = await attempt()
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    in_attempt = False
-                    original, fault = self._classify(exc)
-                    if fault is Fault.CALLER:
-                        self.breaker.release(ticket)
-                        owed = None  # the server answered
-                        if original is exc:
-                            raise
-                        # unwrapped from a marker: keep its own root cause (raising here would replace its context)
-                        raise original from original.__cause__ or original.__context__
-                    if not fault.infrastructure:
-                        self.breaker.release(ticket)
-                    elif self.breaker.is_trial(ticket):
-                        self.breaker.record_failure(ticket)  # a failed trial reopens at once
-                        owed = None
-                    else:
-                        owed = ticket
-                    maybe_applied = maybe_applied or fault is Fault.INDETERMINATE
-                    last = original
-                    error_type = self._errors.describe(original)[0]
-                    if fault is Fault.POOL_EXHAUSTED:
-                        tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
-                                           fault=fault.value, delay=None)  # fmt: skip
-                        raise PoolExhaustedError(
-                            f"{operation}: no pooled connection available ({error_type})",
-                            operation=operation,
-                            attempts=attempts,
-                            may_have_been_applied=maybe_applied,
-                        ) from original
-                    if fault is Fault.INDETERMINATE and not idempotent:
-                        tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
-                                           fault=fault.value, delay=None)  # fmt: skip
-                        raise OutcomeUnknownError(
-                            f"{operation} failed after its request may have reached the server ({error_type}); "
-                            "not re-sent because it is not idempotent: it may or may not have been applied",
-                            operation=operation,
-                            attempts=attempts,
-                            may_have_been_applied=True,
-                        ) from original
-                    delay = self.policy.next_delay(attempts, started, end - started - self._deadline)
-                    stopped_by_budget = delay is None and end < own_end
-                    if stopped_by_budget and self.policy.next_delay(attempts, started, extra_time) is not None:
-                        self._neutral(owed)  # the enclosing budget stopped the retries, not this server
-                        owed = None
-                    tel.attempt_failed(span, operation, attempt=attempts, error_type=error_type,
-                                       fault=fault.value, delay=delay)  # fmt: skip
-                    if delay is None:
-                        if fault is Fault.CONFLICT and not maybe_applied:
-                            raise original from original.__cause__
-                        # A conflict after an earlier attempt may have been applied (an idempotent write whose
-                        # COMMIT reply was lost) must not read as "rolled back": say the outcome is unknown.
-                        raise ServiceUnavailableError(
-                            f"{operation} failed after {attempts} attempt(s): {error_type}",
-                            operation=operation,
-                            attempts=attempts,
-                            may_have_been_applied=maybe_applied,
-                        ) from original
+                    call.in_attempt = False
+                    delay = self._after_failure(call, exc, idempotent)  # raises when the call ends here
                     if delay > 0 and not self.breaker.is_open():
                         await self._backoff(delay)
                 else:
-                    self.breaker.record_success(ticket)
-                    tel.end(span, operation, time.perf_counter() - t0, attempts=attempts)
+                    self.breaker.record_success(call.ticket)
+                    self.telemetry.end(call.span, operation, time.perf_counter() - call.t0, attempts=call.attempts)
                     return result
         except CircuitOpenError as rejected:
-            if rejected is not rejection:  # another client's breaker, met inside the attempt: a caller error here
-                self._end_other(span, operation, t0, rejected, attempts, owed)
+            if rejected is not call.rejection:  # another client's breaker, met inside the attempt: a caller error
+                self._end_unexpected(call, rejected)
                 raise
-            self._settle(owed)
-            tel.breaker_rejected(operation)
-            rejected.attempts = attempts - 1
-            rejected.may_have_been_applied = maybe_applied
-            self._end_failed(span, operation, t0, rejected, names.ERROR_CIRCUIT_OPEN, None, attempts - 1)
-            if last is not None:
-                raise rejected from last
+            self._rejected(call, rejected)
+            if call.last is not None:
+                raise rejected from call.last
             raise
         except asyncio.CancelledError as cancelled:
             if not self._watchdog.absorb_cancel(token):
-                if in_attempt:
-                    self.breaker.release(ticket)  # cancellation says nothing about the server
-                tel.cancelled(span)
-                self._end_failed(span, operation, t0, cancelled, names.ERROR_CANCELLED, None, attempts)
+                self._cancelled(call, cancelled)
                 raise
-            if in_attempt:
-                owed = ticket  # hung past the deadline: an infrastructure failure
-                maybe_applied = True  # cut off mid-attempt: the request may have reached the server
-            if time.monotonic() < own_end:  # cut by what an earlier step left, not by this server's deadline
-                self._neutral(owed)
-                owed = None
-            self._settle(owed)
-            expired = DeadlineExceededError(
-                f"{operation} did not complete within its deadline of {end - started:.3g} s ({attempts} attempt(s))",
-                operation=operation,
-                attempts=attempts,
-                may_have_been_applied=maybe_applied,
-            )
-            self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, attempts)
-            raise expired from last
+            raise self._expired(call) from call.last
         except BaseException as exc:
-            if in_attempt:  # SystemExit, KeyboardInterrupt, GeneratorExit: never leave a trial slot taken
-                self.breaker.release(ticket)
-            self._end_other(span, operation, t0, exc, attempts, owed)
+            if call.in_attempt:  # SystemExit, KeyboardInterrupt, GeneratorExit: never leave a trial slot taken
+                self.breaker.release(call.ticket)
+            self._end_unexpected(call, exc)
             raise
         finally:
             self._watchdog.unregister(token)
             if cleared is not None:
                 CALL_DEADLINE.reset(cleared)
 
-    def _neutral(self, owed: int | None) -> None:
-        """Forget a failure the breaker was owed: free its ticket (a trial slot) without counting it."""
-        if owed is not None:
-            self.breaker.release(owed)
+    # -- the ways a call goes on or ends ---------------------------------------------------------------------------
+    def _after_failure(self, call: _Call, exc: Exception, idempotent: bool) -> float:
+        """A failed attempt: tell the breaker what it needs to know and return the wait before the next attempt, or
+        raise what the call ends with (the caller's error, OutcomeUnknownError, PoolExhaustedError, or
+        ServiceUnavailableError once the policy gives up)."""
+        operation, tel = call.operation, self.telemetry
+        original, fault = self._classify(exc)
+        if fault is Fault.CALLER:
+            self.breaker.release(call.ticket)
+            call.owed = None  # the server answered
+            if original is exc:
+                raise exc
+            # unwrapped from a marker: keep its own root cause (raising here would replace its context)
+            raise original from original.__cause__ or original.__context__
+        if not fault.infrastructure:
+            self.breaker.release(call.ticket)
+        elif self.breaker.is_trial(call.ticket):
+            self.breaker.record_failure(call.ticket)  # a failed trial reopens at once
+            call.owed = None
+        else:
+            call.owed = call.ticket
+        call.maybe_applied = call.maybe_applied or fault is Fault.INDETERMINATE
+        call.last = original
+        error_type = self._errors.describe(original)[0]
+        if fault is Fault.POOL_EXHAUSTED or (fault is Fault.INDETERMINATE and not idempotent):
+            tel.attempt_failed(call.span, operation, attempt=call.attempts, error_type=error_type,
+                               fault=fault.value, delay=None)  # fmt: skip
+            if fault is Fault.POOL_EXHAUSTED:
+                raise PoolExhaustedError(
+                    f"{operation}: no pooled connection available ({error_type})",
+                    operation=operation,
+                    attempts=call.attempts,
+                    may_have_been_applied=call.maybe_applied,
+                ) from original
+            raise OutcomeUnknownError(
+                f"{operation} failed after its request may have reached the server ({error_type}); "
+                "not re-sent because it is not idempotent: it may or may not have been applied",
+                operation=operation,
+                attempts=call.attempts,
+                may_have_been_applied=True,
+            ) from original
+        extra = call.end - call.started - self._deadline
+        delay = self.policy.next_delay(call.attempts, call.started, extra)
+        stopped_by_budget = delay is None and call.end < call.own_end
+        if stopped_by_budget and self.policy.next_delay(call.attempts, call.started, call.extra_time) is not None:
+            self._forgive_owed(call)  # the enclosing budget stopped the retries, not this server
+        tel.attempt_failed(call.span, operation, attempt=call.attempts, error_type=error_type,
+                           fault=fault.value, delay=delay)  # fmt: skip
+        if delay is not None:
+            return delay
+        if fault is Fault.CONFLICT and not call.maybe_applied:
+            raise original from original.__cause__
+        # A conflict after an earlier attempt may have been applied (an idempotent write whose COMMIT reply was
+        # lost) must not read as "rolled back": say the outcome is unknown.
+        raise ServiceUnavailableError(
+            f"{operation} failed after {call.attempts} attempt(s): {error_type}",
+            operation=operation,
+            attempts=call.attempts,
+            may_have_been_applied=call.maybe_applied,
+        ) from original
 
-    def _spent(self, span: Span | None, operation: str, t0: float) -> NoReturn:
+    def _rejected(self, call: _Call, rejected: CircuitOpenError) -> None:
+        """This breaker refused an attempt: the call ends with ``rejected`` (after the attempts made before)."""
+        self._count_owed_failure(call)
+        self.telemetry.breaker_rejected(call.operation)
+        rejected.attempts = call.attempts - 1
+        rejected.may_have_been_applied = call.maybe_applied
+        self._end_failed(call, rejected, names.ERROR_CIRCUIT_OPEN, None, call.attempts - 1)
+
+    def _cancelled(self, call: _Call, cancelled: asyncio.CancelledError) -> None:
+        """Cancelled by the caller (not by the deadline): neutral for the breaker, recorded on the span."""
+        if call.in_attempt:
+            self.breaker.release(call.ticket)
+        self.telemetry.cancelled(call.span)
+        self._end_failed(call, cancelled, names.ERROR_CANCELLED, None, call.attempts)
+
+    def _expired(self, call: _Call) -> DeadlineExceededError:
+        """The watchdog cut the call at its deadline: the error to raise."""
+        if call.in_attempt:
+            call.owed = call.ticket  # hung past the deadline: an infrastructure failure
+            call.maybe_applied = True  # cut off mid-attempt: the request may have reached the server
+        if time.monotonic() < call.own_end:  # cut by what an earlier step left, not by this server's deadline
+            self._forgive_owed(call)
+        self._count_owed_failure(call)
+        expired = DeadlineExceededError(
+            f"{call.operation} did not complete within its deadline of {call.end - call.started:.3g} s "
+            f"({call.attempts} attempt(s))",
+            operation=call.operation,
+            attempts=call.attempts,
+            may_have_been_applied=call.maybe_applied,
+        )
+        self._end_failed(call, expired, names.ERROR_DEADLINE, None, call.attempts)
+        return expired
+
+    def _spent(self, call: _Call) -> NoReturn:
         """The enclosing call's deadline had passed before this call began: nothing is sent."""
         expired = DeadlineExceededError(
-            f"{operation} not sent: the call's deadline had already passed", operation=operation, attempts=0,
-            may_have_been_applied=False,
+            f"{call.operation} not sent: the call's deadline had already passed", operation=call.operation,
+            attempts=0, may_have_been_applied=False,
         )  # fmt: skip
-        self._end_failed(span, operation, t0, expired, names.ERROR_DEADLINE, None, 0)
+        self._end_failed(call, expired, names.ERROR_DEADLINE, None, 0)
         raise expired
 
-    def _settle(self, owed: int | None) -> None:
-        """Tell the breaker that a call failed for good. Blips absorbed by a retry never count against it."""
-        if owed is not None:
-            self.breaker.record_failure(owed)
+    def _forgive_owed(self, call: _Call) -> None:
+        """Forget a failure the breaker was owed: free its ticket (a trial slot) without counting it."""
+        if call.owed is not None:
+            self.breaker.release(call.owed)
+            call.owed = None
 
-    def _end_other(
-        self, span: Span | None, operation: str, t0: float, exc: BaseException, attempts: int, owed: int | None
-    ) -> None:
-        self._settle(owed)
+    def _count_owed_failure(self, call: _Call) -> None:
+        """Tell the breaker that the call failed for good. Blips absorbed by a retry never count against it."""
+        if call.owed is not None:
+            self.breaker.record_failure(call.owed)
+
+    def _end_unexpected(self, call: _Call, exc: BaseException) -> None:
+        """End the span and metrics for an error the pipeline does not handle itself (raised as it is)."""
+        self._count_owed_failure(call)
         described = exc.__cause__ if isinstance(exc, ServiceUnavailableError) and exc.__cause__ else exc
         error_type, status = self._errors.describe(described)
-        self._end_failed(span, operation, t0, exc, error_type, status, attempts)
+        self._end_failed(call, exc, error_type, status, call.attempts)
 
     def _classify(self, exc: BaseException) -> tuple[BaseException, Fault]:
         if isinstance(exc, RequestNotSent):
@@ -289,21 +297,53 @@ class Pipeline:
         return exc, self._errors.classify(exc)
 
     def _end_failed(
-        self,
-        span: Span | None,
-        operation: str,
-        t0: float,
-        error: BaseException,
-        error_type: str,
-        status: str | None,
-        attempts: int,
+        self, call: _Call, error: BaseException, error_type: str, status: str | None, attempts: int
     ) -> None:
         self.telemetry.end(
-            span,
-            operation,
-            time.perf_counter() - t0,
+            call.span,
+            call.operation,
+            time.perf_counter() - call.t0,
             error=error,
             error_type=error_type,
             status_code=status,
             attempts=attempts,
         )
+
+
+class _Call:
+    """The state of one :meth:`Pipeline.call`: its deadline, attempts, breaker ticket and what failed so far."""
+
+    __slots__ = (
+        "attempts",
+        "end",
+        "extra_time",
+        "in_attempt",
+        "last",
+        "maybe_applied",
+        "operation",
+        "owed",
+        "own_end",
+        "rejection",
+        "span",
+        "started",
+        "t0",
+        "ticket",
+    )  # fmt: skip
+
+    def __init__(self, operation: str, span: Span | None, deadline: float, extra_time: float) -> None:
+        self.operation = operation
+        self.span = span
+        self.t0 = time.perf_counter()
+        self.started = time.monotonic()
+        self.extra_time = extra_time
+        #: This pipeline's own end for the call, and the end in force (earlier when an enclosing call left less).
+        self.own_end = self.end = self.started + deadline + extra_time
+        self.attempts = 0
+        self.ticket = -1
+        #: Ticket of an infrastructure failure the breaker has not been told of yet.
+        self.owed: int | None = None
+        self.in_attempt = False
+        self.maybe_applied = False
+        self.last: BaseException | None = None
+        #: The CircuitOpenError THIS breaker raised (not one met inside the attempt).
+        self.rejection: CircuitOpenError | None = None
