@@ -17,15 +17,16 @@ from opentelemetry.trace import TracerProvider
 from ..resilience.deadline import CallSteps
 from ..resilience.faults import PartlyApplied
 from ..settings import RedisSettings
+from .commands_table import READ_ONLY as _READ_ONLY
 from .endpoints import Key
+from .legacy import LegacyCommands
 from .pool import Commands
-from .stream_commands import StreamCommands
 
 T = TypeVar("T")
 Value = bytes | str | int | float
 
 
-class RedisClient(StreamCommands):
+class RedisClient(LegacyCommands):
     """An async Redis client: one pool, one circuit breaker, retries, spans and metrics for every call.
 
     Use it as ``async with RedisClient(settings) as r:`` (run-once tasks) or ``await r.connect()`` /
@@ -310,17 +311,6 @@ class CustomRedisClient(RedisClient):
     ) -> None:
         warnings.warn("CustomRedisClient is deprecated; use RedisClient", DeprecationWarning, stacklevel=2)
         super().__init__(settings, tracer_provider=tracer_provider, meter_provider=meter_provider)
-
-
-#: Commands that never write: a pipeline of only these is not confirmed with WAIT.
-_READ_ONLY = frozenset(
-    {
-        "GET", "MGET", "STRLEN", "GETRANGE", "EXISTS", "TYPE", "TTL", "PTTL", "EXPIRETIME", "HGET", "HMGET",
-        "HGETALL", "HLEN", "HEXISTS", "HKEYS", "HVALS", "LRANGE", "LLEN", "LINDEX", "SMEMBERS", "SISMEMBER",
-        "SCARD", "ZRANGE", "ZSCORE", "ZCARD", "ZRANK", "ZCOUNT", "XRANGE", "XREVRANGE", "XLEN", "XINFO", "XPENDING",
-        "PING", "ECHO", "SCAN", "HSCAN", "SSCAN", "ZSCAN",
-    }
-)  # fmt: skip
 
 
 def raise_first_error_partly(replies: Sequence[Any]) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -66,6 +66,17 @@ class ClaimResult:
     next_id: bytes
     messages: list[StreamEntry]
     deleted_ids: list[bytes]
+
+    def __getitem__(self, index: int) -> Any:
+        """Index like the replaced client's ``[next_id, entries, deleted_ids]`` list."""
+        return (self.next_id, self.messages, self.deleted_ids)[index]
+
+    def __len__(self) -> int:
+        return 3
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpack like the old list: ``next_id, entries, deleted = result``."""
+        return iter((self.next_id, self.messages, self.deleted_ids))
 
 
 class LuaScript:

@@ -155,6 +155,7 @@ class ClientTelemetry:
         instruments.dead_lettered.add(0, self.pool_attributes)
         if self.pool_attributes[names.DB_SYSTEM_NAME] == names.SYSTEM_REDIS:
             instruments.master_changes.add(0, self.pool_attributes)
+            instruments.resubscribes.add(0, self.pool_attributes)
 
     # -- the operation -----------------------------------------------------------------------------------------------
     def start(self, operation: str) -> Span | None:
@@ -272,6 +273,18 @@ class ClientTelemetry:
     def master_changed(self) -> None:
         """Count a move to another master (sentinel mode)."""
         self._add("master_changes", self.pool_attributes)
+
+    def resubscribed(self, gap: float, attempts: int) -> None:
+        """A pub/sub subscription is back after ``gap`` seconds without a connection: a count and a SUBSCRIBE span
+        carrying a ``trading_shared.resubscribed`` event (messages published in the gap were not received)."""
+        self._add("resubscribes", self.pool_attributes)
+        span = self.start("SUBSCRIBE")
+        if span is not None:
+            try:
+                span.add_event(names.EVENT_RESUBSCRIBED, {names.GAP: gap, names.ATTEMPTS: attempts})
+                span.end()
+            except Exception:
+                _log.debug("telemetry failed", exc_info=True)
 
     def dead_lettered(self, count: int) -> None:
         """Count messages written to a dead-letter stream."""

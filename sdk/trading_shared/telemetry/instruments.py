@@ -74,6 +74,11 @@ class Instruments:
             unit=names.UNIT_CHANGE,
             description="Times a Redis client in sentinel mode moved to another master (failovers it followed).",
         )
+        self.resubscribes = meter.create_counter(
+            names.RESUBSCRIBES,
+            unit=names.UNIT_RECONNECT,
+            description="Times a Redis pub/sub subscription re-subscribed after its connection was lost.",
+        )
         self.timeouts = meter.create_counter(
             names.CONNECTION_TIMEOUTS,
             unit=names.UNIT_TIMEOUT,

@@ -27,6 +27,7 @@ BREAKER_TRANSITIONS: Final = "trading_shared.circuit_breaker.transitions"
 BREAKER_REJECTIONS: Final = "trading_shared.circuit_breaker.rejections"
 DEAD_LETTERED: Final = "trading_shared.stream.dead_lettered"
 MASTER_CHANGES: Final = "trading_shared.redis.master_changes"
+RESUBSCRIBES: Final = "trading_shared.redis.resubscribes"
 
 # --- units ---------------------------------------------------------------------------------------------------------
 UNIT_SECONDS: Final = "s"
@@ -39,6 +40,7 @@ UNIT_TRANSITION: Final = "{transition}"
 UNIT_CALL: Final = "{call}"
 UNIT_MESSAGE: Final = "{message}"
 UNIT_CHANGE: Final = "{change}"
+UNIT_RECONNECT: Final = "{reconnect}"
 
 # --- attributes: semantic conventions ----------------------------------------------------------------------------
 DB_SYSTEM_NAME: Final = "db.system.name"
@@ -59,6 +61,7 @@ ATTEMPT: Final = "trading_shared.attempt"
 RETRY_DELAY: Final = "trading_shared.retry.delay"
 FAULT: Final = "trading_shared.fault"
 OUTCOME: Final = "trading_shared.outcome"
+GAP: Final = "trading_shared.pubsub.gap"
 
 # --- attribute values ----------------------------------------------------------------------------------------------
 SYSTEM_POSTGRESQL: Final = "postgresql"
@@ -76,6 +79,7 @@ ERROR_DEADLINE: Final = "deadline_exceeded"
 EVENT_ATTEMPT_FAILED: Final = "trading_shared.attempt_failed"
 EVENT_CANCELLED: Final = "trading_shared.cancelled"
 EVENT_MASTER_CHANGED: Final = "trading_shared.master_changed"
+EVENT_RESUBSCRIBED: Final = "trading_shared.resubscribed"
 
 #: Operations that wait on the server on purpose (BRPOP, XREADGROUP with BLOCK): their duration includes the wait, so
 #: latency alerts leave them out.
@@ -116,6 +120,7 @@ PROMETHEUS_SERIES: Final = frozenset(
         _prom(BREAKER_REJECTIONS, "_total"),
         _prom(DEAD_LETTERED, "_total"),
         _prom(MASTER_CHANGES, "_total"),
+        _prom(RESUBSCRIBES, "_total"),
     }
 )
 
