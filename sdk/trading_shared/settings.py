@@ -9,11 +9,14 @@ print a password.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from . import settings_aliases
+from .settings_aliases import PostgresOldNames, RedisOldNames
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -60,7 +63,7 @@ class BreakerSettings(BaseModel):
 _SSL_MODES = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
-class PostgresSettings(BaseSettings):
+class PostgresSettings(PostgresOldNames, BaseSettings):
     """Settings for :class:`~trading_shared.PostgresClient` (environment prefix ``POSTGRES_``).
 
     Give either ``dsn`` or the parts (``user``, ``password``, ``host``, ``port``, ``db``) the replaced client used.
@@ -112,6 +115,11 @@ class PostgresSettings(BaseSettings):
     )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return settings_aliases.apply(data, settings_aliases.POSTGRES_ALIASES, "PostgresSettings")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -175,7 +183,7 @@ def _port(text: str) -> int:
     return int(text)
 
 
-class RedisSettings(BaseSettings):
+class RedisSettings(RedisOldNames, BaseSettings):
     """Settings for :class:`~trading_shared.RedisClient` (environment prefix ``REDIS_``).
 
     ``mode`` picks the deployment (docs/redis-standalone.md): ``standalone`` (the url's server), ``sentinel``
@@ -239,6 +247,11 @@ class RedisSettings(BaseSettings):
     )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return settings_aliases.apply(data, settings_aliases.REDIS_ALIASES, "RedisSettings")
 
     @field_validator("sentinels", "cluster_nodes", mode="before")
     @classmethod
