@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from ..compat.asyncpg import connected_address
 from ..telemetry.client import ClientTelemetry
 
 
@@ -18,9 +19,9 @@ def lost(cause: BaseException) -> BaseException:
 
 def name_server(telemetry: ClientTelemetry, conn: asyncpg.Connection) -> None:
     """Point telemetry's ``server.address``/``server.port`` at the host a multi-host DSN's connect reached."""
-    address = getattr(conn, "_addr", None)  # asyncpg keeps the (host, port) it connected to; no public accessor
-    if isinstance(address, tuple) and len(address) >= 2:
-        telemetry.set_server(str(address[0]), int(address[1]))
+    address = connected_address(conn)  # asyncpg keeps it private (trading_shared.compat.asyncpg)
+    if address is not None:
+        telemetry.set_server(*address)
 
 
 def is_closed(conn: asyncpg.Connection) -> bool:

@@ -1,10 +1,10 @@
 """Opt-in statement-level child spans from opentelemetry-instrumentation-asyncpg, scoped to this SDK's pools.
 
 The contrib instrumentor patches ``asyncpg.Connection`` for the whole process, traces the pool's release-time reset
-query and records full SQL for every connection in the app. Instead, its ``_do_execute`` wrapper is applied only to
-a private ``Connection`` subclass that the SDK's pool uses, and only while an SDK operation runs its statements
-(a context variable), so there is no reset-query span and nothing at all when ``statement_spans`` is off.
-Parameters are never captured.
+query and records full SQL for every connection in the app. Instead, its ``_do_execute`` wrapper (borrowed in
+:mod:`trading_shared.compat.otel_asyncpg`) is applied only to a private ``Connection`` subclass that the SDK's
+pool uses, and only while an SDK operation runs its statements (a context variable), so there is no reset-query
+span and nothing at all when ``statement_spans`` is off. Parameters are never captured.
 """
 
 from __future__ import annotations
@@ -34,28 +34,9 @@ def traced_connection_class(tracer_provider: Any | None) -> type[asyncpg.Connect
 
     Raises ImportError with an install hint when the instrumentation package is missing.
     """
-    try:
-        from opentelemetry import trace
-        from opentelemetry.instrumentation._semconv import (
-            _OpenTelemetrySemanticConventionStability,
-            _OpenTelemetryStabilitySignalType,
-        )
-        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
-    except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise ImportError(
-            "statement_spans=True needs opentelemetry-instrumentation-asyncpg: "
-            "pip install 'trading-shared[statement-spans]'"
-        ) from exc
+    from ..compat.otel_asyncpg import statement_executor
 
-    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
-    _OpenTelemetrySemanticConventionStability._initialize()  # type: ignore[no-untyped-call]
-    instrumentor._semconv_opt_in_mode = (
-        _OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(
-            _OpenTelemetryStabilitySignalType.DATABASE
-        )
-    )
-    instrumentor._tracer = trace.get_tracer("opentelemetry.instrumentation.asyncpg", tracer_provider=tracer_provider)
-    do_execute = instrumentor._do_execute
+    do_execute = statement_executor(tracer_provider)
 
     def wrap(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def traced(self: asyncpg.Connection, *args: Any, **kwargs: Any) -> Any:
@@ -65,7 +46,7 @@ def traced_connection_class(tracer_provider: Any | None) -> type[asyncpg.Connect
             async def call(*a: Any, **kw: Any) -> Any:
                 return await method(self, *a, **kw)
 
-            return await do_execute(call, self, args, kwargs)  # type: ignore[no-untyped-call]
+            return await do_execute(call, self, args, kwargs)
 
         traced.__name__ = method.__name__
         traced.__doc__ = method.__doc__

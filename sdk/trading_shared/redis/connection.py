@@ -32,8 +32,9 @@ from typing import Any
 
 import redis.asyncio.connection as rconn
 import redis.exceptions as rex
-from redis._parsers.base import BaseParser
 
+from ..compat import asyncio as asyncio_compat
+from ..compat import redis as redis_compat
 from ..resilience.faults import PartlyApplied, RequestNotSent
 from .classify import ConnectFailed, NotMasterError, PlaintextServerError
 
@@ -82,7 +83,7 @@ class _PhaseMixin:
             if not self.is_connected:
                 await self.connect_check_health(check_health=False)  # a failure here: nothing was sent
             sent[0] += 1
-        reader = getattr(self, "_reader", None)
+        reader = redis_compat.stream_reader(self)
         try:
             await super().send_packed_command(command, check_health)  # type: ignore[misc]
         except rex.ConnectionError as exc:
@@ -149,7 +150,7 @@ class SSLConnection(_PhaseMixin, rconn.SSLConnection):
         super().__init__(**kwargs)
 
     def _connection_arguments(self) -> Any:
-        arguments = dict(super()._connection_arguments())
+        arguments = redis_compat.parent_connection_arguments(self)
         if self._ts_tcp_only:
             del arguments["ssl"]
         return arguments
@@ -159,10 +160,10 @@ class SSLConnection(_PhaseMixin, rconn.SSLConnection):
         started = loop.time()
         self._ts_tcp_only = True
         try:
-            await super()._connect()  # type: ignore[no-untyped-call]
+            await redis_compat.parent_connect(self)
         finally:
             self._ts_tcp_only = False
-        writer = self._writer
+        writer = redis_compat.stream_writer(self)
         assert writer is not None
         limit = self.socket_connect_timeout
         try:
@@ -170,7 +171,7 @@ class SSLConnection(_PhaseMixin, rconn.SSLConnection):
                 await writer.start_tls(self.ssl_context.get(), server_hostname=self.host)
         except BaseException as exc:
             writer.close()
-            self._reader = self._writer = None
+            redis_compat.drop_streams(self)
             probe = PLAINTEXT_PROBE_TIMEOUT if limit is None else min(limit, PLAINTEXT_PROBE_TIMEOUT)
             # A plaintext server either waits for the end of the "inline command" (timeout) or, when the ClientHello
             # happens to hold a newline (about 1 in 3), answers -ERR, which the TLS layer reads as a bad record.
@@ -224,13 +225,11 @@ def _protocol_error_reply(reader: Any) -> rex.ResponseError | None:
     Only when it is the first reply waiting: then the server refused the first request it had not answered, so
     nothing of the write was applied (asyncio keeps what it read in the stream reader's buffer).
     """
-    buffered = bytes(getattr(reader, "_buffer", b""))
+    buffered = asyncio_compat.buffered(reader)
     if not buffered.startswith(b"-ERR Protocol error"):
         return None
     line, crlf, _ = buffered.partition(b"\r\n")
     if not crlf:
         return None
-    error = BaseParser.parse_error(  # type: ignore[no-untyped-call]
-        line[1:].decode("utf-8", "replace")
-    )
+    error = redis_compat.parse_error(line[1:].decode("utf-8", "replace"))
     return error if isinstance(error, rex.ResponseError) else None

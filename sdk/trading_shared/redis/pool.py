@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.connection as rconn
 import redis.exceptions as rex
 
+from ..compat.redis import stream_writer
 from ..errors import ConfigurationError
 from ..settings import RedisSettings
 from ..telemetry.client import ClientTelemetry
@@ -253,7 +254,7 @@ async def _ensure_open(conn: rconn.AbstractConnection) -> None:
     that check leaves a closing transport, to which a write is silently dropped and which then fails like a lost
     reply. Reopening it here keeps that case a connect-phase failure (never sent, safe to retry).
     """
-    writer = getattr(conn, "_writer", None)  # redis-py keeps the StreamWriter private
+    writer = stream_writer(conn)  # redis-py keeps the StreamWriter private
     if writer is not None and writer.transport.is_closing():
         await conn.disconnect(nowait=True)
         await conn.connect()  # type: ignore[no-untyped-call]

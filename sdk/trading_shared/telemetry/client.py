@@ -22,10 +22,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.metrics import _internal as _metrics_api
-from opentelemetry.metrics._internal import _ProxyMeterProvider  # no public name for it
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
+from ..compat import otel as otel_compat
 from . import names
 from .instruments import Instruments, PoolStats, instruments_for
 
@@ -40,21 +39,19 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 # time: an application that sets its providers BEFORE importing the SDK would otherwise have its own provider's
 # class taken for the placeholder, and every client's telemetry would stay off.
 _PROXY_TRACER_PROVIDER = trace.ProxyTracerProvider
-_PROXY_METER_PROVIDER = _ProxyMeterProvider
 
 # While no provider is set, ``trace.get_tracer_provider()`` / ``metrics.get_meter_provider()`` look one up in
 # ``os.environ`` on every call (~1.3 us each here, four per pooled operation: most of the SDK's cost when the app has
 # no OpenTelemetry SDK). The API keeps the provider it was given in a module global: while that is None and the
 # environment names no provider, there is none, and we say so without the look-up. Should a future API version
-# rename the global, ``getattr`` finds nothing and the public call is made as before.
-_UNSET = object()
+# rename the global, the look-up finds nothing and the public call is made as before (trading_shared.compat.otel).
 _ENV_TRACER_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 _ENV_METER_PROVIDER = "OTEL_PYTHON_METER_PROVIDER" in os.environ
 
 
 def _global_tracer_provider() -> TracerProvider | None:
     """The application's tracer provider, or None while it has set none."""
-    if not _ENV_TRACER_PROVIDER and getattr(trace, "_TRACER_PROVIDER", _UNSET) is None:
+    if not _ENV_TRACER_PROVIDER and otel_compat.tracer_provider_unset():
         return None
     provider = trace.get_tracer_provider()
     return None if isinstance(provider, _PROXY_TRACER_PROVIDER) else provider
@@ -62,10 +59,10 @@ def _global_tracer_provider() -> TracerProvider | None:
 
 def _global_meter_provider() -> MeterProvider | None:
     """The application's meter provider, or None while it has set none."""
-    if not _ENV_METER_PROVIDER and getattr(_metrics_api, "_METER_PROVIDER", _UNSET) is None:
+    if not _ENV_METER_PROVIDER and otel_compat.meter_provider_unset():
         return None
     provider = metrics.get_meter_provider()
-    return None if isinstance(provider, _PROXY_METER_PROVIDER) else provider
+    return None if otel_compat.is_proxy_meter_provider(provider) else provider
 
 
 class ClientTelemetry:
