@@ -90,3 +90,22 @@ def test_codec_functions_without_a_server() -> None:
     assert codecs.loads(memoryview(b'{"k": [1, 2.5]}')) == {"k": [1, 2.5]}
     with pytest.raises(TypeError):
         codecs.dumps(object())
+
+
+async def test_copy_paths_encode_what_the_replaced_client_encoded(make_pg: Callable[..., PostgresClient]) -> None:
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    doc = {"at": stamp, "day": date(2026, 1, 2), "id": uuid.UUID(int=9), "px": Decimal("1.10"), "big": 2**70}
+    expected = {
+        "at": "2026-01-02T03:04:05+00:00",
+        "day": "2026-01-02",
+        "id": "00000000-0000-0000-0000-000000000009",
+        "px": 1.1,
+        "big": 2**70,
+    }
+    async with make_pg() as pg:
+        await pg.execute("CREATE TABLE docs (id int PRIMARY KEY, j json, jb jsonb)")
+        assert await pg.copy_upsert("docs", [(1, doc, doc)], columns=["id", "j", "jb"], key_columns=["id"]) == 1
+        assert await pg.copy_records("docs", [(2, [doc], {"k": doc})], columns=["id", "j", "jb"]) == 1
+        rows = await pg.fetch("SELECT id, j, jb FROM docs ORDER BY id")
+        assert [tuple(r) for r in rows] == [(1, expected, expected), (2, [expected], {"k": expected})]
+        assert await pg.fetchval("SELECT jb->>'px' FROM docs WHERE id = 1") == "1.10"  # the exact number

@@ -7,9 +7,9 @@ Encoding (:func:`dumps`) is orjson's, so a ``model_dump()`` encodes as it did on
 ``date`` and ``time`` as ISO 8601 (RFC 3339) strings, ``UUID`` as its canonical string, enums as their values,
 dataclasses as objects, NaN and infinities as ``null``, non-string dict keys as strings (as ``json.dumps`` did).
 On top of that, a finite ``Decimal`` is written as the exact JSON number (``Decimal("1.10")`` -> ``1.10``); the
-replaced client raised on it. Values orjson cannot encode but ``json.dumps`` can (integers beyond 64 bits, strings
-with lone surrogates) are encoded by ``json.dumps``, so everything the SDK encoded before still encodes. Anything
-else raises ``TypeError`` (asyncpg reports it as ``asyncpg.DataError``, the caller's error).
+replaced client raised on it. Integers beyond orjson's 64 bits are written exactly (a second, slower pass) and what
+only ``json.dumps`` encodes (strings with lone surrogates) goes to it, so everything the SDK encoded before still
+encodes. Anything else raises ``TypeError`` (asyncpg reports it as ``asyncpg.DataError``, the caller's error).
 
 Decoding uses orjson too, except for documents with a run of 19 or more digits: orjson reads integers beyond
 64 bits as floats, ``json.loads`` keeps them exact, so those documents go to ``json.loads``.
@@ -36,11 +36,26 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
+def _wide_ints(value: Any) -> Any:
+    """``value`` with integers beyond orjson's 64 bits replaced by their exact JSON numbers (as fragments)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(2**63) <= value < 2**64 else orjson.Fragment(str(int(value)).encode())
+    if isinstance(value, dict):
+        return {key: _wide_ints(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints(item) for item in value]
+    return value
+
+
 def dumps(value: Any) -> bytes:
     """Encode ``value`` as JSON bytes (orjson; ``json.dumps`` for what only it can encode). See the module doc."""
     try:
         return orjson.dumps(value, default=_default, option=_OPTIONS)
     except TypeError as exc:
+        try:  # rare: an integer beyond 64 bits (exact, beside datetimes too), or a lone surrogate (json.dumps)
+            return orjson.dumps(_wide_ints(value), default=_default, option=_OPTIONS)
+        except (TypeError, RecursionError):
+            pass
         try:
             return json.dumps(value).encode()
         except (TypeError, ValueError):
