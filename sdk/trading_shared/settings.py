@@ -4,6 +4,9 @@
 double underscore (``POSTGRES_RETRY__MAX_ATTEMPTS=5``). Invalid values fail at construction with a
 ``pydantic.ValidationError`` (a ``ValueError``) that names the field and never echoes the input, so a typo cannot
 print a password.
+
+The replaced clients' field names (``pool_min_size``, ``max_retries``, ...) are accepted as deprecated aliases, as
+keywords and environment variables: see :mod:`trading_shared.settings_aliases` and docs/migration.md.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -148,3 +151,16 @@ def test_old_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POSTGRES_MIN_SIZE", "2")
     with pytest.warns(DeprecationWarning, match="is deprecated"):
         assert PostgresSettings().retry.max_attempts == 3
+
+
+def test_old_settings_import_path_is_the_sdk_classes_and_warns_once() -> None:
+    sys.modules.pop("trading_shared.config.models", None)
+    with pytest.warns(DeprecationWarning, match=r"from trading_shared import PostgresSettings, RedisSettings"):
+        old = importlib.import_module("trading_shared.config.models")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        importlib.import_module("trading_shared.config.models")  # a second import: no second warning
+    assert old.PostgresSettings is PostgresSettings
+    assert old.RedisSettings is RedisSettings
+    # the replaced health-check script's call
+    assert old.RedisSettings(url="redis://redis-stack:6379", password=None, db=0).target() == ("redis-stack", 6379, 0)
