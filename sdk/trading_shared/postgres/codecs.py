@@ -18,7 +18,6 @@ Decoding uses orjson too, except for documents with a run of 19 or more digits: 
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +25,8 @@ import asyncpg
 import orjson
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
-_LONG_NUMBER = re.compile(rb"\d{19}")
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
 
 
 def _default(value: Any) -> Any:
@@ -62,11 +62,14 @@ def dumps(value: Any) -> bytes:
             raise exc from None
 
 
-def loads(data: bytes | memoryview) -> Any:
+def _long_number(data: bytes) -> bool:
+    """Whether ``data`` has a run of 19 or more digits (two C passes: cheaper than a regex or the parse itself)."""
+    return _LONG_RUN in data.translate(_DIGITS_TO_ZERO)
+
+
+def loads(data: bytes) -> Any:
     """Decode JSON bytes; integers beyond 64 bits stay exact."""
-    if _LONG_NUMBER.search(data) is None:
-        return orjson.loads(data)
-    return json.loads(bytes(data))
+    return json.loads(data) if _long_number(data) else orjson.loads(data)
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -78,7 +81,8 @@ def _jsonb_bytes(value: Any) -> bytes:
 
 
 def _jsonb_load(data: bytes) -> Any:
-    return loads(memoryview(data)[1:])
+    # the version byte (1) is no digit: scan the whole buffer, parse past it without a copy
+    return json.loads(data[1:]) if _long_number(data) else orjson.loads(memoryview(data)[1:])
 
 
 async def register(conn: asyncpg.Connection) -> None:
