@@ -24,10 +24,10 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(ROOT / "tests" / "dashboards") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests" / "dashboards"))
 
-from dashboards.panel_queries import interpolate  # noqa: E402
+from panel_queries import interpolate  # noqa: E402  (tests/dashboards, like demo_servers.py's helpers)
 
 OVERVIEW = ROOT / "dashboards" / "generated" / "trading-shared-overview.json"
 

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import yaml
+from panel_queries import panel_queries
 from server_process import ServerProcess
-
-from dashboards.panel_queries import panel_queries
 
 __all__ = ["PrometheusError", "PrometheusServer", "free_port", "panel_queries"]
 

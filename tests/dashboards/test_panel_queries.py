@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from panel_queries import interpolate, panel_queries
 
 import dashboards.config as config
 import dashboards.render as render
-from dashboards.panel_queries import interpolate, panel_queries
 
 
 def _dashboard(panels: list[dict[str, object]]) -> dict[str, object]:
