@@ -47,6 +47,11 @@ async def test_command_entry_point(client: RedisClient, plain: aioredis.Redis) -
         await client.command("FLUSHALL")
     with pytest.raises(ValueError, match="blocking"):
         await client.command("BLPOP", "l", 1)
+    with pytest.raises(ValueError, match="blocking"):
+        await client.command("XREAD", "BLOCK", 100, "STREAMS", "s", "$")
+    with pytest.raises(ValueError, match="pub/sub"):
+        await client.command("SUBSCRIBE", "ch")
+    assert await client.command("XREAD", "COUNT", 1, "STREAMS", "s", "0") == []
 
 
 async def test_pipeline_resent_only_when_every_command_is_idempotent(

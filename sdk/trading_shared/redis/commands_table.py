@@ -214,6 +214,12 @@ class CommandSpec:
         last = len(args) - 1 if self.last == _ALL else self.last
         return list(args[self.first : last + 1 : self.step])
 
+    def blocks(self, args: Sequence[Any]) -> bool:
+        """Does this call wait on the server (a blocking command, or XREAD/XREADGROUP with BLOCK)?"""
+        if self.access == _B:
+            return True
+        return self.first == _STREAMS and any(_word(a) == "BLOCK" for a in args)
+
     def idempotent_for(self, args: Sequence[Any]) -> bool:
         """May this call (these arguments) be re-sent after its request may have reached the server?"""
         if not self.idempotent:

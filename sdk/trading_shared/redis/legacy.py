@@ -77,9 +77,9 @@ class LegacyCommands(StreamCommands):
         ``withscores=True``). Blocking and subscribe commands are refused (use :meth:`brpop`, :meth:`subscribe`).
         """
         spec, words = lookup((name, *args))
-        if spec.access in ("b", "s"):
-            raise ValueError(f"{spec.name} cannot run through command(): use the client's blocking or pub/sub API")
         rest = (name, *args)[words:]
+        if spec.access == "s" or spec.blocks(rest):
+            raise ValueError(f"{spec.name} cannot run through command(): use the client's blocking or pub/sub API")
         keys = spec.keys(rest)
         if len(keys) > 1 and len(self._slot_groups(keys)) > 1:
             raise ValueError(f"cluster mode: the keys of {spec.name} must share one hash slot")
@@ -245,6 +245,7 @@ class LegacyCommands(StreamCommands):
         )
 
     async def _new_pubsub(self) -> rclient.PubSub:
+        await self.command("PING")  # through the call path first: breaker, retries, a failover followed
         router = await self._connected()
         return router.route(None).pools.main.pubsub()
 

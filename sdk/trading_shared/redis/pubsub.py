@@ -7,9 +7,12 @@ backoff and re-subscribes to everything, then records the gap: ``trading_shared.
 a ``SUBSCRIBE`` span carries a ``trading_shared.resubscribed`` event with the gap in seconds. Pub/sub keeps no
 history: messages published during the gap are not delivered (use a stream when every message matters).
 
-It never hangs a consumer silently: if it cannot re-subscribe within ``max_outage`` seconds, the waiting
-``__anext__`` raises :class:`~trading_shared.errors.ServiceUnavailableError` (a ``ConnectionError``) chained from
-the last failure; iterating again starts a new outage window.
+Each (re)subscription first sends a PING through the client's call path (breaker, retries, deadline; in sentinel
+mode this finds the new master after a failover), then subscribes on the server the client now routes to.
+
+It never hangs a consumer silently: if it cannot re-subscribe within ``max_outage`` seconds (plus at most one
+call's ``retry.deadline``), the waiting ``__anext__`` raises :class:`~trading_shared.errors.ServiceUnavailableError`
+(a ``ConnectionError``) chained from the last failure; iterating again starts a new outage window.
 """
 
 from __future__ import annotations
