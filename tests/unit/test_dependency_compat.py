@@ -197,6 +197,9 @@ def _violations(path: Path, tree: ast.Module, own: set[str]) -> list[str]:
 
 
 def test_no_private_name_of_a_dependency_is_used_outside_compat() -> None:
+    """Matched by name, not type: a dependency's private name the SDK also defines for itself (``_tracer``) is not
+    caught, nor are ``self._connect`` / ``self._connection_arguments`` (the SDK's overrides of redis-py's hooks,
+    whose presence :func:`trading_shared.compat.redis.missing` checks)."""
     modules = _modules()
     own = _own_private_names(modules)
     found = [v for path, tree in modules for v in _violations(path, tree, own)]
