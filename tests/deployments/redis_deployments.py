@@ -63,7 +63,7 @@ class SentinelServer(RedisServer):
                 f"bind {self.host}",
                 f"dir {base}",
                 f"logfile {self.log_path}",
-                f"pidfile {base / 'redis.pid'}",
+                f"pidfile {base / self.pid_file}",
                 "daemonize no",
                 f"sentinel monitor {SERVICE} {self.master_host} {self.master_port} {self.quorum}",
                 f"sentinel down-after-milliseconds {SERVICE} 1000",
@@ -73,28 +73,17 @@ class SentinelServer(RedisServer):
             if self.master_password:
                 lines.append(f"sentinel auth-pass {SERVICE} {self.master_password}")
             conf.write_text("\n".join(lines) + "\n")
-        with (base / "redis.stdout").open("ab") as out:
-            self._proc = subprocess.Popen(
-                [self.binary, str(conf)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True, cwd=base,
-            )  # fmt: skip
-        deadline = time.monotonic() + self._start_timeout
-        while self._proc.poll() is None:
-            with contextlib.suppress(OSError, ServerError):
-                if self.cli("PING", password=None, timeout=1.0) == "PONG":
-                    # Short timers; no TILT (a loaded machine pauses processes for seconds: TILT would freeze
-                    # the sentinel for 30 s and no failover would happen).
-                    periods = ("info-period", 500, "publish-period", 500, "ask-period", 500, "ping-period", 500)
-                    self.cli("SENTINEL", "DEBUG", "tilt-trigger", 3600000, *(periods if self.fast_timers else ()),
-                             password=None)  # fmt: skip
-                    return True
-            if time.monotonic() > deadline:
-                self.kill()
-                return False
-            time.sleep(0.02)
-        self._proc.wait()
-        self._proc = None
-        return False
+        self._popen([self.binary, str(conf)], cwd=base)
+        return self._wait_spawned(self._configure)
+
+    def _configure(self) -> bool:
+        """Once it answers PING: short timers, and no TILT (a loaded machine pauses processes for seconds: TILT would
+        freeze the sentinel for 30 s and no failover would happen)."""
+        if self.cli("PING", password=None, timeout=1.0) != "PONG":
+            return False
+        periods = ("info-period", 500, "publish-period", 500, "ask-period", 500, "ping-period", 500)
+        self.cli("SENTINEL", "DEBUG", "tilt-trigger", 3600000, *(periods if self.fast_timers else ()), password=None)
+        return True
 
     def master_address(self) -> tuple[str, int] | None:
         """What this sentinel answers to ``GET-MASTER-ADDR-BY-NAME``."""

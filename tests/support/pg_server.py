@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -14,23 +13,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from .procs import (
-    ServerBinaryMissing,
-    ServerError,
-    children_of,
-    free_port,
-    is_alive,
-    is_stopped,
-    make_temp_dir,
-    proc_state,
-    read_pid_file,
-    reap_stale,
-    register,
-    send_signal,
-    unregister,
-    wait_dead,
-    wait_until,
-)
+from .managed_server import ManagedServer, postgres_os_user
+from .procs import ServerBinaryMissing, ServerError, children_of, is_alive, read_pid_file, send_signal, wait_dead
 
 PG_DIR_PREFIX = "ts-pg-"
 SECURED_ROLE = "secured"
@@ -89,7 +73,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class PostgresServer:
+class PostgresServer(ManagedServer):
     """A PostgreSQL cluster in a temp dir, listening on a free 127.0.0.1 port (TCP only, no unix socket).
 
     Trust auth for every role except those passed to :meth:`require_password` (scram-sha-256); the role
@@ -97,52 +81,27 @@ class PostgresServer:
     Settings: fsync=off, full_page_writes=off, shared_buffers=16MB, max_connections=100, autovacuum=off;
     the server log is ``<base_dir>/postgresql.log``. All methods block: from async tests call them with
     ``await asyncio.to_thread(server.restart)``. When run as root, initdb/pg_ctl run as ``postgres`` via runuser.
+    :meth:`freeze` stops the postmaster and its backends.
     """
 
-    host = "127.0.0.1"
+    name = "PostgreSQL"
+    dir_prefix = PG_DIR_PREFIX
+    log_name = "postgresql.log"
+    pid_file = "data/postmaster.pid"
+    freeze_children = True
 
     def __init__(self, *, bindir: Path | None = None, port: int | None = None, start_timeout: float = 30.0) -> None:
         self.bindir = bindir or find_pg_bindir()
+        owner = postgres_os_user("initdb refuses to run as root")
         self._as_owner: list[str] = []
-        self._owner: tuple[int, int] | None = None
-        if os.geteuid() == 0:
+        if owner is not None:
             runuser = shutil.which("runuser")
-            try:
-                pw = pwd.getpwnam("postgres")
-            except KeyError:
-                raise ServerBinaryMissing("the 'postgres' OS user (initdb refuses to run as root)") from None
             if runuser is None:
                 raise ServerBinaryMissing("runuser (util-linux)")
             self._as_owner = [runuser, "-u", "postgres", "--"]
-            self._owner = (pw.pw_uid, pw.pw_gid)
-        self._port = port
-        self._port_fixed = port is not None
-        self._start_timeout = start_timeout
-        self._base: Path | None = None
-        self._started_once = False
-        self._frozen: list[int] = []
+        super().__init__(port=port, start_timeout=start_timeout, owner=owner)
         self._orphans: list[int] = []
         self._password_roles: list[tuple[str, str]] = [(SECURED_ROLE, "scram-sha-256")]
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def port(self) -> int:
-        """TCP port (fixed after the first start: restarts keep it)."""
-        if self._port is None:
-            self._port = free_port(self.host)
-        return self._port
-
-    @property
-    def base_dir(self) -> Path:
-        """Temp dir holding ``data/`` and ``postgresql.log``."""
-        if self._base is None:
-            reap_stale(PG_DIR_PREFIX, _kill_stale_cluster)
-            self._base = make_temp_dir(PG_DIR_PREFIX)
-            if self._owner:
-                os.chown(self._base, *self._owner)
-            register(self)
-        return self._base
 
     @property
     def datadir(self) -> Path:
@@ -150,68 +109,12 @@ class PostgresServer:
         return self.base_dir / "data"
 
     @property
-    def log_path(self) -> Path:
-        """The server log file."""
-        return self.base_dir / "postgresql.log"
-
-    @property
     def pid(self) -> int | None:
         """Postmaster pid if it is alive (a frozen postmaster counts as alive), else None."""
         if self._base is None:
             return None
-        pid = read_pid_file(self.datadir / "postmaster.pid")
+        pid = read_pid_file(self.base_dir / self.pid_file)
         return pid if pid is not None and is_alive(pid) else None
-
-    @property
-    def running(self) -> bool:
-        """True if the postmaster process exists (it may be frozen)."""
-        return self.pid is not None
-
-    @property
-    def frozen(self) -> bool:
-        """True if the postmaster or a process frozen by :meth:`freeze` is stopped (SIGSTOP)."""
-        pid = self.pid
-        return (pid is not None and is_stopped(pid)) or any(is_stopped(p) for p in self._frozen)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Initialise the cluster on first use, start it and wait until ``pg_isready`` accepts connections."""
-        if self.running:
-            return
-        if not (self.datadir / "PG_VERSION").exists():
-            self._initdb()
-        self._clear_stale_pid_file()
-        attempts = 1 if (self._started_once or self._port_fixed) else 4
-        for attempt in range(attempts):
-            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            proc = self._run_as_owner(
-                [
-                    str(self.bindir / "pg_ctl"),
-                    "start",
-                    "-w",
-                    "-t",
-                    str(int(self._start_timeout)),
-                    "-D",
-                    str(self.datadir),
-                    "-l",
-                    str(self.log_path),
-                    "-o",
-                    f"-p {self.port}",
-                ],
-                check=False,
-            )
-            if proc.returncode == 0:
-                break
-            new_log = self._read_log(log_size)
-            if "Address already in use" in new_log and attempt + 1 < attempts:
-                self._port = free_port(self.host)
-                continue
-            raise ServerError(f"pg_ctl start failed (rc={proc.returncode}): {proc.stdout}{proc.stderr}\n{new_log}")
-        self._wait_ready()
-        if not self._started_once:
-            self._started_once = True
-            self.set_password(SECURED_ROLE, SECURED_PASSWORD)
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop the server with ``pg_ctl stop -m <mode>`` and wait until it is gone (thaws it first if frozen)."""
@@ -258,63 +161,6 @@ class PostgresServer:
         else:
             self.stop(mode)
         self.start()
-
-    def freeze(self) -> None:
-        """SIGSTOP the postmaster and all its children: connects and queries hang (the kernel still accepts TCP)."""
-        pid = self.pid
-        if pid is None:
-            raise ServerError("cannot freeze: PostgreSQL is not running")
-        os.kill(pid, signal.SIGSTOP)
-        frozen = {pid}
-        # Backends setsid(), so a process-group signal would miss them: signal every child of the postmaster.
-        # Scan twice: a child forked just before the postmaster stopped shows up on the second scan.
-        for _ in range(2):
-            kids = set(children_of(pid)) - frozen
-            send_signal(kids, signal.SIGSTOP)
-            frozen |= kids
-        self._frozen = sorted(frozen)
-        wait_until(lambda: all(is_stopped(p) or not is_alive(p) for p in frozen), 5)
-
-    def thaw(self) -> None:
-        """SIGCONT everything :meth:`freeze` stopped (and any stopped child of the postmaster)."""
-        pid = self.pid
-        pids = set(self._frozen)
-        if pid is not None:
-            pids |= set(children_of(pid))
-        send_signal(sorted(pids - {pid or -1}), signal.SIGCONT)
-        if pid is not None:
-            send_signal([pid], signal.SIGCONT)
-        self._frozen = []
-
-    def ensure_running(self) -> None:
-        """Bring the server back to a usable state after a test froze, stopped or killed it."""
-        if self.frozen:
-            self.thaw()
-        if not self.running:
-            self.start()
-
-    def cleanup(self) -> None:
-        """Stop the server (immediate; SIGKILL if needed) and delete its temp dir. Idempotent."""
-        if self._base is None:
-            return
-        with contextlib.suppress(Exception):
-            if self.frozen:
-                self.thaw()
-            if self.running:
-                self.stop("immediate")
-        with contextlib.suppress(Exception):
-            self.kill()
-        wait_dead(self._orphans, 10)
-        shutil.rmtree(self._base, ignore_errors=True)
-        self._base = None
-        unregister(self)
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     # ------------------------------------------------------------------ SQL helpers
 
@@ -384,9 +230,35 @@ class PostgresServer:
         self._write_hba()
         self.psql("SELECT pg_reload_conf()")
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server log (for failure messages)."""
-        return "\n".join(self._read_log(0).splitlines()[-lines:])
+    # ------------------------------------------------------------------ ManagedServer
+
+    def _prepare(self) -> None:
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb()
+        self._clear_stale_pid_file()
+
+    def _spawn_and_wait(self) -> bool:
+        # pg_ctl -w waits until the server accepts connections or gives up; pg_isready then double-checks.
+        cmd = [str(self.bindir / "pg_ctl"), "start", "-w", "-t", str(int(self._start_timeout)), "-D", str(self.datadir)]
+        proc = self._run_as_owner([*cmd, "-l", str(self.log_path), "-o", f"-p {self.port}"], check=False)
+        if proc.returncode != 0:
+            self._spawn_error = f"pg_ctl start rc={proc.returncode}: {proc.stdout}{proc.stderr}".strip()
+            return False
+        self._wait_ready()
+        return True
+
+    def _started(self, first: bool) -> None:
+        if first:
+            self.set_password(SECURED_ROLE, SECURED_PASSWORD)
+
+    def _halt(self) -> None:
+        """Immediate shutdown (SIGKILL if that fails); waits for backends orphaned by an earlier kill."""
+        with contextlib.suppress(Exception):
+            if self.running:
+                self.stop("immediate")
+        with contextlib.suppress(Exception):
+            self.kill()
+        wait_dead(self._orphans, 10)
 
     # ------------------------------------------------------------------ internals
 
@@ -429,10 +301,7 @@ class PostgresServer:
         lines = ["# written by tests/support/pg_server.py: password roles first, then trust for all (TCP only)"]
         lines += [f"host all {user} 127.0.0.1/32 {method}" for user, method in self._password_roles]
         lines.append("host all all 127.0.0.1/32 trust")
-        hba = self.datadir / "pg_hba.conf"
-        hba.write_text("\n".join(lines) + "\n")
-        if self._owner:
-            os.chown(hba, *self._owner)
+        self._write_file(self.datadir / "pg_hba.conf", "\n".join(lines) + "\n")
 
     def _clear_stale_pid_file(self) -> None:
         """After a SIGKILL the pid file stays; its pid may be a zombie, which PostgreSQL takes for a live server."""
@@ -468,28 +337,3 @@ class PostgresServer:
             if time.monotonic() > deadline or not self.running:
                 raise ServerError(f"PostgreSQL not ready on port {self.port} (pg_isready rc={rc})\n{self.log_tail()}")
             time.sleep(0.05)
-
-    def _read_log(self, offset: int) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
-
-
-def _kill_stale_cluster(base: Path) -> None:
-    """Kill the postmaster (and children) of a cluster left behind by a dead test session."""
-    pid = read_pid_file(base / "data" / "postmaster.pid")
-    if pid is None or proc_state(pid) is None:
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if str(base).encode() not in cmdline:
-        return  # pid reused by something else
-    kids = children_of(pid)
-    send_signal([pid, *kids], signal.SIGKILL)
-    send_signal([pid, *kids], signal.SIGCONT)
-    wait_dead([pid, *kids], 5)

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any, Literal
 
-from .procs import (
-    ServerBinaryMissing,
-    ServerError,
-    free_port,
-    is_alive,
-    is_stopped,
-    make_temp_dir,
-    read_pid_file,
-    reap_stale,
-    register,
-    send_signal,
-    unregister,
-    wait_dead,
-    wait_until,
-)
+from .managed_server import ManagedServer
+from .procs import ServerBinaryMissing, ServerError
 
 REDIS_DIR_PREFIX = "ts-redis-"
 _UNSET: Any = object()
@@ -91,15 +74,22 @@ def _read_reply(reader: Any) -> Any:
     raise ServerError(f"unexpected RESP reply {line!r}")
 
 
-class RedisServer:
+class RedisServer(ManagedServer):
     """A redis-server child process on a free 127.0.0.1 port, with a temp dir as its working dir.
 
     Started with ``--save "" --appendonly no --enable-debug-command local`` (DEBUG SLEEP etc. allowed from
     loopback): nothing is persisted, so data does NOT survive :meth:`restart` or :meth:`kill`.
-    ``password`` sets ``requirepass``. All methods block: from async tests use ``asyncio.to_thread``.
+    ``password`` sets ``requirepass``. :meth:`stop` sends SIGTERM (no save configured, so no disk writes);
+    :meth:`ensure_running` also lifts a CLIENT PAUSE, and restarts a server that does not answer PING with its
+    password (CLIENT PAUSE ALL, DEBUG SLEEP, CONFIG SET requirepass). All methods block: from async tests use
+    ``asyncio.to_thread``.
     """
 
-    host = "127.0.0.1"
+    name = "redis-server"
+    dir_prefix = REDIS_DIR_PREFIX
+    log_name = "redis.log"
+    pid_file = "redis.pid"
+    output_name = "redis.stdout"
 
     def __init__(
         self,
@@ -110,98 +100,10 @@ class RedisServer:
         extra_args: tuple[str, ...] = (),
         start_timeout: float = 10.0,
     ) -> None:
+        super().__init__(port=port, start_timeout=start_timeout)
         self.binary = binary or find_redis_server()
         self.password = password
-        self._port = port
-        self._port_fixed = port is not None
         self._extra_args = extra_args
-        self._start_timeout = start_timeout
-        self._base: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._started_once = False
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def port(self) -> int:
-        """TCP port (fixed after the first start: restarts keep it)."""
-        if self._port is None:
-            self._port = free_port(self.host)
-        return self._port
-
-    @property
-    def base_dir(self) -> Path:
-        """Temp dir: redis-server's ``--dir``, log and pid file."""
-        if self._base is None:
-            reap_stale(REDIS_DIR_PREFIX, _kill_stale_redis)
-            self._base = make_temp_dir(REDIS_DIR_PREFIX)
-            register(self)
-        return self._base
-
-    @property
-    def log_path(self) -> Path:
-        """The server log file."""
-        return self.base_dir / "redis.log"
-
-    @property
-    def pid(self) -> int | None:
-        """Pid of the server process if it is alive (frozen counts as alive), else None."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """True if the server process exists (it may be frozen)."""
-        return self.pid is not None
-
-    @property
-    def frozen(self) -> bool:
-        """True if the server process is stopped by SIGSTOP."""
-        pid = self.pid
-        return pid is not None and is_stopped(pid)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> None:
-        """Start redis-server (same port as before if it ran already) and wait until it answers PING."""
-        if self.running:
-            return
-        attempts = 1 if (self._started_once or self._port_fixed) else 4
-        for attempt in range(attempts):
-            log_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if self._spawn_and_wait():
-                self._started_once = True
-                return
-            log = self._read_log(log_size)
-            if "Address already in use" in log and attempt + 1 < attempts:
-                self._port = free_port(self.host)
-                continue
-            raise ServerError(f"redis-server failed to start on port {self.port}:\n{log[-3000:]}")
-
-    def stop(self) -> None:
-        """Stop with SIGTERM (no save configured, so no disk writes) and wait; thaws it first if frozen."""
-        if self._proc is None:
-            return
-        if self.frozen:
-            self.thaw()
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(10)
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server (a crash): clients see their connections reset/closed at once."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-        self._proc.wait(10)
-        self._proc = None
 
     def restart(self, mode: Literal["term", "kill"] = "term") -> None:
         """Stop (SIGTERM, or SIGKILL with ``mode="kill"``) and start again on the same port (data is lost)."""
@@ -210,58 +112,6 @@ class RedisServer:
         else:
             self.stop()
         self.start()
-
-    def freeze(self) -> None:
-        """SIGSTOP the server: commands and new connections hang (the kernel still completes TCP handshakes)."""
-        pid = self.pid
-        if pid is None:
-            raise ServerError("cannot freeze: redis-server is not running")
-        os.kill(pid, signal.SIGSTOP)
-        wait_until(lambda: is_stopped(pid) or not is_alive(pid), 5)
-
-    def thaw(self) -> None:
-        """SIGCONT the server."""
-        pid = self.pid
-        if pid is not None:
-            send_signal([pid], signal.SIGCONT)
-
-    def ensure_running(self) -> None:
-        """Bring the server back after a test froze, stopped, killed or reconfigured it.
-
-        A CLIENT PAUSE is lifted; if it does not answer PING within 1 s with its configured password
-        (e.g. CLIENT PAUSE ALL, DEBUG SLEEP or CONFIG SET requirepass), it is killed and started afresh.
-        """
-        if self.frozen:
-            self.thaw()
-        if self.running:
-            try:
-                if self.cli("PING", timeout=1.0) == "PONG":
-                    self.cli("CLIENT", "UNPAUSE", timeout=1.0)  # CLIENT PAUSE WRITE lets PING through
-                    return
-            except (OSError, ServerError):
-                pass
-            self.kill()
-        self.start()
-
-    def cleanup(self) -> None:
-        """Kill the server and delete its temp dir. Idempotent."""
-        with contextlib.suppress(Exception):
-            self.thaw()
-        with contextlib.suppress(Exception):
-            self.kill()
-        if self._base is not None:
-            shutil.rmtree(self._base, ignore_errors=True)
-            self._base = None
-        unregister(self)
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
-    # ------------------------------------------------------------------ helpers
 
     def url(self, db: int = 0, password: str | None = None) -> str:
         """A ``redis://`` URL; ``password`` defaults to the server's own (pass a wrong one to test auth errors)."""
@@ -274,11 +124,7 @@ class RedisServer:
         password = self.password if password is _UNSET else password
         return resp_command(self.host, self.port, *args, password=password, timeout=timeout)
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server log."""
-        return "\n".join(self._read_log(0).splitlines()[-lines:])
-
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ ManagedServer
 
     def _spawn_and_wait(self) -> bool:
         base = self.base_dir
@@ -299,52 +145,21 @@ class RedisServer:
             "--logfile",
             str(self.log_path),
             "--pidfile",
-            str(base / "redis.pid"),
+            str(base / self.pid_file),
             "--daemonize",
             "no",
         ]
         if self.password:
             args += ["--requirepass", self.password]
         args += list(self._extra_args)
-        with (base / "redis.stdout").open("ab") as out:
-            # Own session: a Ctrl-C in the terminal must not kill it behind the fixtures' back.
-            self._proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=base
-            )
-        deadline = time.monotonic() + self._start_timeout
-        while self._proc.poll() is None:
-            try:
-                if self.cli("PING", timeout=1.0) == "PONG":
-                    return True
-            except (OSError, ServerError):
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
+        self._popen(args, cwd=base)
+        return self._wait_spawned(lambda: self.cli("PING", timeout=1.0) == "PONG", interval=0.01)
+
+    def _responsive(self) -> bool:
+        try:
+            if self.cli("PING", timeout=1.0) != "PONG":
                 return False
-            time.sleep(0.01)
-        self._proc.wait()
-        self._proc = None
-        return False
-
-    def _read_log(self, offset: int) -> str:
-        text = ""
-        for path in (self.log_path, self.base_dir / "redis.stdout"):
-            with contextlib.suppress(OSError), path.open("rb") as f:
-                f.seek(offset if path == self.log_path else 0)
-                text += f.read().decode(errors="replace")
-        return text
-
-
-def _kill_stale_redis(base: Path) -> None:
-    """Kill a redis-server left behind by a dead test session (its working dir is ``base``)."""
-    pid = read_pid_file(base / "redis.pid")
-    if pid is None or not is_alive(pid):
-        return
-    try:
-        if os.readlink(f"/proc/{pid}/cwd") != str(base):
-            return  # pid reused by something else
-    except OSError:
-        return
-    send_signal([pid], signal.SIGKILL)
-    send_signal([pid], signal.SIGCONT)
-    wait_dead([pid], 5)
+            self.cli("CLIENT", "UNPAUSE", timeout=1.0)  # CLIENT PAUSE WRITE lets PING through
+        except (OSError, ServerError):
+            return False
+        return True
