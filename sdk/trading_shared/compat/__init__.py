@@ -2,8 +2,8 @@
 
 The SDK reads a few private names of its dependencies where no public one exists. Each is read here and only here,
 defensively: when a release renames or removes one, the accessor falls back to the documented behaviour instead of
-raising, and :func:`missing` of that module (run by ``tests/unit/test_compat.py`` on every CI pass) names the
-dependency, its installed version and the private name that is gone.
+raising, and the module's ``missing()`` (run by ``tests/unit/test_dependency_compat.py`` on every CI pass) names
+the dependency, its installed version and the private name that is gone.
 
 - :mod:`.otel`: opentelemetry-api (provider globals, ``_ProxyMeterProvider``).
 - :mod:`.otel_asyncpg`: opentelemetry-instrumentation-asyncpg (``_do_execute``, the ``_semconv`` helpers).
