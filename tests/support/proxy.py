@@ -18,6 +18,7 @@ from collections.abc import Callable
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, timeout 0: close() sends RST instead of FIN
 _HIGH_WATER = 256 * 1024  # bytes held per direction (latency queue) before the source stops being read
 _EPSILON = 0.001
+_DELAYED_CAP = 4 * 1024 * 1024  # bytes of delayed client chunks kept for inspection (FaultProxy.delayed_requests)
 
 
 class ProxyMode(enum.Enum):
@@ -118,6 +119,8 @@ class _Link:
         self.to_client = _Pipe(self, to_server=False)
         self.closed = False
         self.lose_reply = False
+        self.reply_match: bytes | None = None  # drop the first server chunk containing this (None: the next one)
+        self.cut = bytearray()  # client bytes forwarded since the chunk whose reply is to be lost
         self.client_lost = False
         self.upstream_lost = False
 
@@ -278,7 +281,10 @@ class FaultProxy:
     - :meth:`lose_next_reply`: the next client chunk (on any connection) is forwarded; when the server's
       reply arrives it is dropped and both sides are reset. The server applied the request, the client gets
       a connection error. One-shot: the mode goes back to pass-through once the chunk is forwarded.
-      Arm it only after the client has connected (drivers send handshake chunks on connect).
+      Arm it only after the client has connected (drivers send handshake chunks on connect). With ``match``,
+      the chunk is the next one that contains those bytes (others pass); :attr:`FaultProxy.lost_requests` keeps,
+      per lost reply, the client bytes the server had received for it (so a test can tell which write it hit).
+      :attr:`FaultProxy.delayed_requests` likewise keeps the client chunks held back in latency mode.
 
     If the target refuses a connection, the client connection is reset. Use as
     ``proxy = await FaultProxy.start(host, port)`` ... ``await proxy.close()``, or ``async with``.
@@ -292,6 +298,14 @@ class FaultProxy:
         self.loop = asyncio.get_running_loop()
         self.mode = ProxyMode.PASS_THROUGH
         self.delay = 0.0
+        self.match: bytes | None = None
+        self.reply_match: bytes | None = None
+        #: Per lost reply (:meth:`lose_next_reply`), the client bytes sent on that connection from the armed chunk
+        #: until the reply was dropped: the request(s) the server got and answered, whose answer never arrived.
+        self.lost_requests: list[bytes] = []
+        #: Client chunks forwarded in latency mode, with the delay each got (the first 4 MiB of them).
+        self.delayed_requests: list[tuple[float, bytes]] = []
+        self._delayed_bytes = 0
         self._server: asyncio.Server | None = None
         self._port = 0
         self._links: set[_Link] = set()
@@ -337,14 +351,17 @@ class FaultProxy:
         """Abort all connections with RST, and reset new ones, until the mode changes."""
         self._set_mode(ProxyMode.RESET)
 
-    def lose_next_reply(self) -> None:
-        """Forward the next client chunk, then drop the server's reply and reset that connection (one-shot)."""
-        self._set_mode(ProxyMode.LOSE_NEXT_REPLY)
+    def lose_next_reply(self, match: bytes | None = None, reply_match: bytes | None = None) -> None:
+        """Forward the next client chunk (the next one containing ``match``, if given), then drop the server's reply
+        and reset that connection (one-shot). With ``reply_match`` the server chunks before the first one that
+        contains it are forwarded, and that one is dropped (e.g. the CommandComplete of a long COPY)."""
+        self._set_mode(ProxyMode.LOSE_NEXT_REPLY, match=match)
+        self.reply_match = reply_match
 
-    def _set_mode(self, mode: ProxyMode, delay: float = 0.0) -> None:
+    def _set_mode(self, mode: ProxyMode, delay: float = 0.0, match: bytes | None = None) -> None:
         if self._closed:
             raise RuntimeError("proxy is closed")
-        self.mode, self.delay = mode, delay
+        self.mode, self.delay, self.match, self.reply_match = mode, delay, match, None
         for link in list(self._links):
             if link.closed:
                 continue
@@ -424,17 +441,23 @@ class FaultProxy:
         """A chunk from the client."""
         if link.closed:
             return
-        if self.mode is ProxyMode.LOSE_NEXT_REPLY:
-            self.mode = ProxyMode.PASS_THROUGH
-            link.lose_reply = True
+        if self.mode is ProxyMode.LOSE_NEXT_REPLY and (self.match is None or self.match in data):
+            self.mode, self.match = ProxyMode.PASS_THROUGH, None
+            link.lose_reply, link.reply_match, self.reply_match = True, self.reply_match, None
+        if link.lose_reply:
+            link.cut += data
+        if self.mode is ProxyMode.LATENCY and self._delayed_bytes < _DELAYED_CAP:
+            self.delayed_requests.append((self.delay, data))
+            self._delayed_bytes += len(data)
         link.to_server.feed(data)
 
     def _from_server(self, link: _Link, data: bytes) -> None:
         """A chunk from the server."""
         if link.closed:
             return
-        if link.lose_reply:
+        if link.lose_reply and (link.reply_match is None or link.reply_match in data):
             self._stats.replies_lost += 1
+            self.lost_requests.append(bytes(link.cut))
             link.abort()
             return
         link.to_client.feed(data)
