@@ -101,14 +101,23 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"{max(LEDGER.worst_overshoot, 0.0) * 1000:.0f} ms after their deadline"
         )
     by_path: dict[str, list[int]] = {}
+    keyed: set[str] = set()
     for report in LEDGER.reports:  # targeted variants (pg.transaction.deadlock) count under their path
-        totals = by_path.setdefault(".".join(report.path.split(".")[:2]), [0, 0, 0, 0, 0])
+        path = ".".join(report.path.split(".")[:2])
+        totals = by_path.setdefault(path, [0, 0, 0, 0, 0])
+        if report.keyed:
+            keyed.add(path)
         for i, n in enumerate(
             (report.writes, report.indeterminate, len(report.lost), len(report.duplicated), len(report.unexpected))
         ):
             totals[i] += n
     for path, (writes, info, lost, dup, unexpected) in sorted(by_path.items()):
+        dup_text = "n/a" if path in keyed else str(dup)  # keyed paths: a duplicate cannot be observed
         terminalreporter.write_line(
             f"  {path:<28} writes {writes:>6}  indeterminate {info:>4}  "
-            f"lost {lost}  duplicated {dup}  unexpected {unexpected}"
+            f"lost {lost}  duplicated {dup_text}  unexpected {unexpected}"
         )
+    if LEDGER.hits:
+        terminalreporter.write_line("  writes each fault reached, per path (history runs; a 0 fails its test):")
+        for line in LEDGER.hit_table():
+            terminalreporter.write_line("    " + line)

@@ -7,12 +7,14 @@ import contextlib
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio as aioredis
+from opentelemetry.trace import Tracer
 
 from support.leaks import eventually, pg_backend_count, redis_client_count
 from support.otel import Otel
@@ -147,14 +149,20 @@ class Workload:
     """Concurrent writers: each loops ``ids = history.new_ids(batch)``; ``await write(ids)`` until stopped.
 
     Every call runs in its own task, so a nemesis can cancel calls mid-flight (:meth:`cancel_random`) without
-    stopping the writer; cancelled calls are recorded as indeterminate.
+    stopping the writer; cancelled calls are recorded as indeterminate. With a ``tracer`` each call runs inside a
+    span ``write <path>`` (the SDK's span is its child): :attr:`calls_by_span` maps that span to the call's ids, so
+    the SDK's failed-attempt events can be traced back to the writes they hit.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tracer: Tracer | None = None) -> None:
         self._stop = asyncio.Event()
         self._writers: list[asyncio.Task[None]] = []
+        self._tracer = tracer
         self.inflight: set[asyncio.Task[Any]] = set()
         self.calls = 0
+        self.histories: list[History] = []
+        self.calls_by_span: dict[int, tuple[History, list[str]]] = {}
+        self.writers_of: Counter[str] = Counter()  # path -> writer tasks
 
     def add(
         self,
@@ -167,6 +175,9 @@ class Workload:
         make_ids: Callable[[], list[str]] | None = None,
     ) -> None:
         """Start ``writers`` writer tasks for ``history``; ``make_ids`` overrides the ids of each call (counters)."""
+        if history not in self.histories:
+            self.histories.append(history)
+        self.writers_of[history.path] += writers
         for _ in range(writers):
             ids = make_ids or (lambda: history.new_ids(batch))
             self._writers.append(asyncio.create_task(self._writer(history, write, ids, pause)))
@@ -180,7 +191,7 @@ class Workload:
     ) -> None:
         while not self._stop.is_set():
             ids = make_ids()
-            call = asyncio.create_task(history.call(ids, lambda ids=ids: write(ids)))  # type: ignore[misc]
+            call = asyncio.create_task(self._call(history, write, ids))
             self.inflight.add(call)
             try:
                 await asyncio.wait([call])  # never raises: a cancelled call is already recorded
@@ -188,6 +199,14 @@ class Workload:
                 self.inflight.discard(call)
             self.calls += 1
             await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+
+    async def _call(self, history: History, write: Callable[[list[str]], Awaitable[object]], ids: list[str]) -> None:
+        if self._tracer is None:
+            await history.call(ids, lambda: write(ids))
+            return
+        with self._tracer.start_as_current_span(f"write {history.path}", record_exception=False) as span:
+            self.calls_by_span[span.get_span_context().span_id] = (history, ids)
+            await history.call(ids, lambda: write(ids))
 
     def cancel_random(self) -> bool:
         """Cancel one in-flight call, if any."""
@@ -235,6 +254,19 @@ async def pg_quiet(pg: PostgresClient) -> None:
         return bool(pool.get_idle_size() == pool.get_size())
 
     assert await eventually(idle)
+
+
+async def wait_for_aof_rewrite(server: RedisServer, timeout: float = 10.0) -> None:
+    """Wait until the server has no AOF rewrite running or scheduled (bounded: AssertionError after ``timeout``)."""
+
+    def rewritten() -> bool:
+        info = str(server.cli("INFO", "persistence"))
+        return "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info
+
+    async def done() -> bool:
+        return await asyncio.to_thread(rewritten)
+
+    assert await eventually(done, timeout=timeout, interval=0.02), f"AOF rewrite still running after {timeout} s"
 
 
 def sql_ids(rows: Sequence[asyncpg.Record]) -> list[str]:

@@ -23,9 +23,18 @@ After the faults, the test reads the server's state back as a multiset of ids an
 
 ``INFO`` writes may be present once or absent: both are legal, and the report counts how many landed.
 
-Counters (non-idempotent increments such as Redis INCR) cannot name their writes; :func:`check_counter` checks
-``ok <= value <= ok + indeterminate`` per counter: below is a lost increment, above is an increment applied more
-than once per acknowledged or indeterminate call (or a definitely failed one applied): reported as duplicated.
+On a *keyed* path (the read-back holds each id at most once by construction: a primary key, a Redis key, an
+explicit stream entry ID) a duplicate cannot be observed; :func:`check` with ``keyed=True`` reports duplicated as
+not applicable instead of a 0 that could never be anything else.
+
+Counters (several increments of one key) cannot name their writes. :func:`check_counter` is exact, never a net
+count: the caller states how many of the indeterminate increments the server shows (known from other evidence, e.g.
+the proxy lost their replies after the server answered), and the value must equal ``ok`` plus that number. A
+history run that cannot know it gives every increment its own key instead (then it is a plain :func:`check`).
+
+Evidence: :attr:`History.hit` holds the ids of writes a fault demonstrably reached (a failed attempt, a
+cancellation, an infrastructure error, a reply the proxy cut); the report counts them, per fault kind in the
+:class:`Ledger`, so a path no fault reached cannot read as "survived".
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ class Record:
     id: str
     outcome: Outcome
     error: str | None
+    call: int = 0  # the call's number in its history (the items of one batch share it)
 
 
 class History:
@@ -91,8 +101,10 @@ class History:
     def __init__(self, path: str) -> None:
         self.path = path
         self.records: list[Record] = []
+        self.hit: set[str] = set()
         self._prefix = f"{path}-{next(self._serial)}-"
         self._next = itertools.count()
+        self._calls = itertools.count()
 
     def new_id(self) -> str:
         """A write id unique across every history of the process."""
@@ -105,8 +117,9 @@ class History:
     def record(self, ids: Sequence[str], exc: BaseException | None) -> None:
         """Record the call that carried ``ids`` (in its input order) and ended with ``exc``."""
         error = None if exc is None else type(exc).__name__
+        call = next(self._calls)
         for write_id, outcome in zip(ids, item_outcomes(len(ids), exc), strict=True):
-            self.records.append(Record(write_id, outcome, error))
+            self.records.append(Record(write_id, outcome, error, call))
 
     async def call(self, ids: Sequence[str], make: Callable[[], Awaitable[T]]) -> T | None:
         """Await ``make()`` and record its outcome for ``ids``; errors are recorded, not raised.
@@ -124,6 +137,15 @@ class History:
         self.record(ids, None)
         return result
 
+    @property
+    def prefix(self) -> str:
+        """The common prefix of this history's ids (it names the path: a proxy can find the writes on the wire)."""
+        return self._prefix
+
+    def calls_with(self, outcome: Outcome) -> int:
+        """How many calls (not items) had at least one item with ``outcome``: a batch of 20 is one call."""
+        return len({r.call for r in self.records if r.outcome is outcome})
+
     def outcomes(self) -> Counter[Outcome]:
         """How many writes ended in each outcome."""
         return Counter(r.outcome for r in self.records)
@@ -138,11 +160,13 @@ class Report:
     """The verdict on one history."""
 
     path: str
+    keyed: bool = False
     writes: int = 0
     ok: int = 0
     failed: int = 0
     indeterminate: int = 0
     indeterminate_applied: int = 0
+    hit: int = 0
     lost: list[str] = dataclasses.field(default_factory=list)
     unexpected: list[str] = dataclasses.field(default_factory=list)
     duplicated: list[str] = dataclasses.field(default_factory=list)
@@ -156,10 +180,11 @@ class Report:
     def summary(self) -> str:
         """One line for failure messages and logs."""
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items())) or "none"
+        dup = "n/a (keyed)" if self.keyed else str(len(self.duplicated))
         return (
             f"{self.path}: {self.writes} writes (ok {self.ok}, failed {self.failed}, indeterminate "
-            f"{self.indeterminate} of which {self.indeterminate_applied} applied); lost {len(self.lost)}, "
-            f"unexpected {len(self.unexpected)}, duplicated {len(self.duplicated)}; errors: {errors}"
+            f"{self.indeterminate} of which {self.indeterminate_applied} applied; {self.hit} reached by the fault); "
+            f"lost {len(self.lost)}, unexpected {len(self.unexpected)}, duplicated {dup}; errors: {errors}"
         )
 
     def assert_clean(self) -> None:
@@ -172,8 +197,11 @@ class Report:
             )
 
 
-def check(history: History, observed: Iterable[str]) -> Report:
-    """Compare a history of uniquely identified writes with the ids read back from the server (a multiset)."""
+def check(history: History, observed: Iterable[str], *, keyed: bool = False) -> Report:
+    """Compare a history of uniquely identified writes with the ids read back from the server (a multiset).
+
+    ``keyed``: the read-back cannot hold an id twice by construction, so duplicated is reported as not applicable
+    (an id seen twice anyway is a broken read-back: ValueError)."""
     by_id: dict[str, Outcome] = {}
     for rec in history.records:
         if rec.id in by_id:
@@ -191,30 +219,38 @@ def check(history: History, observed: Iterable[str]) -> Report:
             report.indeterminate_applied += 1
     report.unexpected += sorted(i for i in seen if i not in by_id)  # present but never written
     report.duplicated = sorted(i for i, n in seen.items() if n > 1)
+    if keyed:
+        if report.duplicated:
+            raise ValueError(f"{history.path} is keyed but the read-back holds ids twice: {report.duplicated[:5]}")
+        report.keyed = True
     return report
 
 
-def check_counter(history: History, values: Mapping[str, int]) -> Report:
-    """Check counters: each record's id names the counter its call incremented by one.
+def check_counter(history: History, values: Mapping[str, int], applied: Mapping[str, int]) -> Report:
+    """Check counters exactly: each record's id names the counter its call incremented by one.
 
-    For every counter, ``ok <= value <= ok + indeterminate``. A shortfall is reported as lost (one entry per missing
-    increment), an excess as duplicated. ``indeterminate_applied`` counts the indeterminate calls that landed.
+    ``applied`` says, per counter, how many of its indeterminate increments the server shows (from evidence outside
+    the counter: a reply the proxy dropped after the server answered is an applied increment). Then every counter
+    must read exactly ``ok + applied``: below is a lost increment (one entry per missing increment), above an
+    increment applied twice or a definitely failed one applied (duplicated). Never a net count with slack: a failed
+    increment that landed cannot hide behind an indeterminate one that did not.
     """
     report = _tally(history)
     per_key: dict[str, Counter[Outcome]] = {}
     for rec in history.records:
         per_key.setdefault(rec.id, Counter())[rec.outcome] += 1
-    for key in sorted(set(per_key) | set(values)):
+    for key in sorted(set(per_key) | set(values) | set(applied)):
         tally = per_key.get(key, Counter())
         ok, info = tally[Outcome.OK], tally[Outcome.INFO]
+        landed = applied.get(key, 0)
+        if not 0 <= landed <= info:
+            raise ValueError(f"counter {key!r}: {landed} indeterminate increments said applied, {info} recorded")
         value = values.get(key, 0)
-        if value < ok:
-            report.lost += [key] * (ok - value)
-        elif value > ok + info:
-            report.duplicated += [key] * (value - ok - info)
-            report.indeterminate_applied += info
-        else:
-            report.indeterminate_applied += value - ok
+        if value < ok + landed:
+            report.lost += [key] * (ok + landed - value)
+        elif value > ok + landed:
+            report.duplicated += [key] * (value - ok - landed)
+        report.indeterminate_applied += landed
     return report
 
 
@@ -222,6 +258,7 @@ def _tally(history: History) -> Report:
     outcomes = history.outcomes()
     return Report(
         path=history.path,
+        hit=len(history.hit),
         writes=len(history.records),
         ok=outcomes[Outcome.OK],
         failed=outcomes[Outcome.FAIL],
@@ -236,6 +273,8 @@ class Ledger:
 
     faults: Counter[str] = dataclasses.field(default_factory=Counter)
     reports: list[Report] = dataclasses.field(default_factory=list)
+    #: (path, fault kind) -> writes of that path the fault demonstrably reached, over the history runs.
+    hits: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
     bounded_calls: int = 0
     worst_overshoot: float = 0.0
 
@@ -252,6 +291,18 @@ class Ledger:
         """Keep a checked report (returned for chaining)."""
         self.reports.append(report)
         return report
+
+    def hit(self, path: str, fault: str, writes: int) -> None:
+        """Book ``writes`` writes of ``path`` that ``fault`` reached (0 is booked too: it shows in the summary)."""
+        self.hits[(path, fault)] += writes
+
+    def hit_table(self) -> list[str]:
+        """One line per path: the writes each fault kind reached, in a fixed fault order."""
+        lines = []
+        for path in sorted({p for p, _ in self.hits}):
+            cells = sorted((f, n) for (p, f), n in self.hits.items() if p == path)
+            lines.append(f"{path:<28} " + "  ".join(f"{f} {n}" for f, n in cells))
+        return lines
 
     def summary(self) -> str:
         """The one-line session summary."""

@@ -83,19 +83,45 @@ def test_ids_are_unique_across_histories_and_must_not_be_reused() -> None:
         check(h1, [write_id])
 
 
-def test_counter_bounds() -> None:
+def test_counters_reconcile_exactly_and_cannot_offset() -> None:
     h = History("incr")
     for exc in (None, None, None, _unavailable(OutcomeUnknownError, True), _unavailable(CircuitOpenError, False)):
         h.record(["k1"], exc)
     h.record(["k2"], None)
-    for value, clean in ((3, True), (4, True), (2, False), (5, False)):
-        report = check_counter(h, {"k1": value, "k2": 1})
-        assert report.clean is clean, value
-    assert check_counter(h, {"k1": 2, "k2": 1}).lost == ["k1"]
-    assert check_counter(h, {"k1": 6, "k2": 1}).duplicated == ["k1", "k1"]
-    assert check_counter(h, {"k1": 4, "k2": 1}).indeterminate_applied == 1
-    assert check_counter(h, {"k1": 3, "k2": 0}).lost == ["k2"]
-    assert check_counter(h, {"k1": 3, "k2": 1, "k3": 1}).duplicated == ["k3"]  # never incremented
+    # applied = acknowledged + the indeterminate increments the server shows: exact, no slack either way
+    assert check_counter(h, {"k1": 3, "k2": 1}, applied={}).clean
+    assert check_counter(h, {"k1": 4, "k2": 1}, applied={"k1": 1}).clean
+    assert check_counter(h, {"k1": 4, "k2": 1}, applied={"k1": 1}).indeterminate_applied == 1
+    # The offset a net count hides: the failed increment landed and the indeterminate one did not (value 4, the
+    # same as "indeterminate one landed"). Told that the indeterminate one did not land, the check sees the extra.
+    assert check_counter(h, {"k1": 4, "k2": 1}, applied={}).duplicated == ["k1"]
+    assert check_counter(h, {"k1": 3, "k2": 1}, applied={"k1": 1}).lost == ["k1"]
+    assert check_counter(h, {"k1": 2, "k2": 1}, applied={}).lost == ["k1"]
+    assert check_counter(h, {"k1": 6, "k2": 1}, applied={"k1": 1}).duplicated == ["k1", "k1"]
+    assert check_counter(h, {"k1": 3, "k2": 0}, applied={}).lost == ["k2"]
+    assert check_counter(h, {"k1": 3, "k2": 1, "k3": 1}, applied={}).duplicated == ["k3"]  # never incremented
+    with pytest.raises(ValueError, match="said applied"):
+        check_counter(h, {"k1": 5, "k2": 1}, applied={"k1": 2})  # only one indeterminate increment exists
+
+
+def test_keyed_paths_report_duplicates_as_not_applicable() -> None:
+    h = History("p")
+    a, b = h.new_ids(2)
+    h.record([a, b], None)
+    report = check(h, [a, b], keyed=True)
+    assert report.clean and report.keyed and "duplicated n/a (keyed)" in report.summary()
+    with pytest.raises(ValueError, match="keyed but the read-back holds ids twice"):
+        check(h, [a, a, b], keyed=True)
+
+
+def test_calls_with_counts_calls_not_items() -> None:
+    h = History("p")
+    h.record(h.new_ids(20), _unavailable(OutcomeUnknownError, True))
+    h.record(h.new_ids(20), _unavailable(OutcomeUnknownError, True))
+    h.record(h.new_ids(3), BulkWriteError("x", operation="b", attempts=1, not_written=[0], outcome_unknown=[1]))
+    assert h.calls_with(Outcome.INFO) == 3
+    assert h.calls_with(Outcome.FAIL) == 1
+    assert h.calls_with(Outcome.OK) == 1
 
 
 async def test_call_records_results_errors_and_cancellation() -> None:

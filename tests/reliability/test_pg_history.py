@@ -23,17 +23,17 @@ copy_records        ``copy_records`` (plain COPY, not idempotent), 20 rows a cal
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import pytest
 
-from support.proxy import FaultProxy
 from trading_shared import PostgresClient
 
-from .harness import PgEnv, Workload, count_fault, run_for, sql_ids
+from . import faults
+from .faults import Ctx, Nemesis
+from .harness import PgEnv, Workload, run_for, sql_ids
 from .history import LEDGER, History, Report, check
 
 LEGACY_FUNCTION = """
@@ -75,6 +75,7 @@ class PgPath:
     writers: int
     write: Callable[[PostgresClient, list[str]], Awaitable[object]]
     read_sql: str
+    keyed: bool = False  # the table's key makes a duplicate unobservable: duplicated is not applicable
 
 
 async def _execute_key(pg: PostgresClient, ids: list[str]) -> object:
@@ -107,11 +108,11 @@ async def _copy_records(pg: PostgresClient, ids: list[str]) -> object:
 
 
 PATHS = [
-    PgPath("pg.execute_key", 1, 2, _execute_key, "SELECT id FROM w_key"),
+    PgPath("pg.execute_key", 1, 2, _execute_key, "SELECT id FROM w_key", keyed=True),
     PgPath("pg.execute_plain", 1, 2, _execute_plain, "SELECT id FROM w_plain"),
     PgPath("pg.transaction", 1, 2, _transaction, "SELECT id FROM w_tx"),
-    PgPath("pg.bulk_upsert_instruments", 5, 1, _bulk_upsert, "SELECT symbol FROM instruments"),
-    PgPath("pg.copy_upsert", 20, 1, _copy_upsert, "SELECT id FROM w_copy"),
+    PgPath("pg.bulk_upsert_instruments", 5, 1, _bulk_upsert, "SELECT symbol FROM instruments", keyed=True),
+    PgPath("pg.copy_upsert", 20, 1, _copy_upsert, "SELECT id FROM w_copy", keyed=True),
     PgPath("pg.copy_records", 20, 1, _copy_records, "SELECT id FROM w_copyrec"),
 ]
 
@@ -128,77 +129,8 @@ SDK_ERRORS = {
 }
 
 
-@dataclass
-class Ctx:
-    """What a nemesis may act on."""
-
-    env: PgEnv
-    proxy: FaultProxy
-    pg: PostgresClient
-    workload: Workload
-
-
 # ------------------------------------------------------------------------------------------------------ nemeses
-
-
-async def _lose_replies(ctx: Ctx) -> None:
-    before = ctx.proxy.stats.replies_lost
-    for _ in range(16):
-        ctx.proxy.lose_next_reply()  # the next request reaches the server; its reply is dropped, connection reset
-        await asyncio.sleep(0.12)
-    ctx.proxy.pass_through()
-    lost = ctx.proxy.stats.replies_lost - before
-    count_fault("pg.reply_lost", lost)
-    assert lost >= 5
-
-
-async def _resets(ctx: Ctx) -> None:
-    for _ in range(8):
-        ctx.proxy.reset()
-        count_fault("pg.connection_reset")
-        await asyncio.sleep(random.uniform(0.02, 0.08))
-        ctx.proxy.pass_through()
-        await asyncio.sleep(0.2)
-
-
-async def _latency(ctx: Ctx) -> None:
-    for delay in (0.05, 0.3, 0.01, 0.6, 0.1):  # 0.6 s each way is past command_timeout (1 s) for a round trip
-        ctx.proxy.latency(delay)
-        count_fault("pg.latency")
-        await asyncio.sleep(0.4)
-    ctx.proxy.pass_through()
-
-
-async def _blackhole(ctx: Ctx) -> None:
-    for hold in (0.6, 2.4):  # shorter than the 2 s deadline (calls survive), then longer (deadline exceeded)
-        ctx.proxy.blackhole()
-        count_fault("pg.blackhole")
-        await asyncio.sleep(hold)
-        ctx.proxy.pass_through()
-        await asyncio.sleep(0.4)
-
-
-def _restart(mode: str) -> Callable[[Ctx], Awaitable[None]]:
-    async def nemesis(ctx: Ctx) -> None:
-        for _ in range(2):
-            await asyncio.sleep(0.4)
-            await asyncio.to_thread(ctx.env.server.restart, mode)
-            count_fault(f"pg.restart_{mode}")
-        await asyncio.sleep(0.4)
-
-    return nemesis
-
-
-async def _freeze(ctx: Ctx) -> None:
-    server = ctx.env.server
-    for hold in (0.6, 2.4):
-        await asyncio.to_thread(server.freeze)
-        count_fault("pg.freeze")
-        try:
-            await asyncio.sleep(hold)
-        finally:
-            await asyncio.to_thread(server.thaw)
-        await asyncio.sleep(0.4)
+# The scripts both servers share (lost replies, resets, latency, blackhole, freeze, cancelled calls) are in faults.py.
 
 
 async def _terminate_backends(ctx: Ctx) -> None:
@@ -211,50 +143,31 @@ async def _terminate_backends(ctx: Ctx) -> None:
                 "WHERE application_name = $1 AND state <> 'idle'",
                 ctx.env.app,
             )
-            count_fault("pg.backend_terminated", killed)
+            ctx.count("backend_terminated", killed)
     finally:
         await conn.close()
 
 
-async def _cancel_calls(ctx: Ctx) -> None:
-    for _ in range(100):
-        await asyncio.sleep(random.uniform(0.005, 0.03))
-        if ctx.workload.cancel_random():
-            count_fault("pg.task_cancelled")
-
-
 async def _exhaust_pool(ctx: Ctx) -> None:
-    size = ctx.pg.settings.max_size
-    started = asyncio.Event()
-    held = 0
+    pg: PostgresClient = ctx.client
+    size = pg.settings.max_size
 
     async def hold(conn: asyncpg.Connection) -> None:
-        nonlocal held
-        held += 1
-        if held == size:
-            started.set()
         await asyncio.sleep(1.4)  # longer than acquire_timeout (1 s): waiting writers get PoolExhaustedError
 
     for _ in range(2):
-        held = 0
-        started.clear()
-        holders = [asyncio.create_task(ctx.pg.run("hold", hold, True)) for _ in range(size)]
-        count_fault("pg.pool_exhausted")
+        holders = [asyncio.create_task(pg.run("hold", hold, True)) for _ in range(size)]
+        ctx.count("pool_exhausted")
         await asyncio.gather(*holders)
         await asyncio.sleep(0.3)
 
 
-NEMESES: dict[str, Callable[[Ctx], Awaitable[None]]] = {
-    "reply_lost": _lose_replies,
-    "connection_reset": _resets,
-    "latency": _latency,
-    "blackhole": _blackhole,
-    "restart_fast": _restart("fast"),
-    "restart_immediate": _restart("immediate"),
-    "restart_kill": _restart("kill"),
-    "freeze": _freeze,
+NEMESES: dict[str, Nemesis] = {
+    **faults.SHARED,
+    "restart_fast": faults.restart("fast"),
+    "restart_immediate": faults.restart("immediate"),
+    "restart_kill": faults.restart("kill"),
     "backends_terminated": _terminate_backends,
-    "task_cancelled": _cancel_calls,
     "pool_exhausted": _exhaust_pool,
 }
 
@@ -270,14 +183,16 @@ async def test_pg_writes_are_never_lost_duplicated_or_unexpected(pg_env: PgEnv, 
     pg = pg_env.client(proxy)
     await pg.connect()
     histories = {p.name: History(p.name) for p in PATHS}
-    workload = Workload()
+    workload = Workload(tracer=pg_env.otel.tracer_provider.get_tracer("reliability"))
     for path in PATHS:
         workload.add(
             histories[path.name], lambda ids, path=path: path.write(pg, ids), batch=path.batch, writers=path.writers
         )
+    faults_before = sum(LEDGER.faults.values())
     try:
         await run_for(0.3)  # warm up: every path writes before the fault
-        await run_for(2.0, lambda: NEMESES[fault](Ctx(pg_env, proxy, pg, workload)))
+        ctx = faults.Ctx("pg", pg_env, proxy, pg, workload, list(histories.values()))
+        await run_for(2.0, lambda: NEMESES[fault](ctx))
         await pg_env.heal()
         await run_for(0.3)  # and after it
     finally:
@@ -290,15 +205,9 @@ async def test_pg_writes_are_never_lost_duplicated_or_unexpected(pg_env: PgEnv, 
         tx_total = await admin.fetchval("SELECT n FROM w_tx_total WHERE k = 1")
     finally:
         await admin.close()
-    reports: list[Report] = [LEDGER.add(check(histories[p.name], observed[p.name])) for p in PATHS]
-    summary = "\n".join(r.summary() for r in reports)
-    for report in reports:
-        assert report.ok > 0, f"{report.path} never succeeded:\n{summary}"
-        report.assert_clean()
+    cut = faults.mark_hits(pg_env.otel.spans(), workload, proxy)
+    reports: list[Report] = [LEDGER.add(check(histories[p.name], observed[p.name], keyed=p.keyed)) for p in PATHS]
+    faults.verify(reports, workload, fault, sum(LEDGER.faults.values()) - faults_before, cut, SDK_ERRORS)
     assert tx_total == len(observed["pg.transaction"]), "a transaction was applied partly"
-    # Under infrastructure faults a caller only ever sees the SDK's errors (all ConnectionErrors), a cancellation
-    # it caused, or a conflict that outlasted the retries: never a raw driver error that reads like its own mistake.
-    seen = {e for r in reports for e in r.errors}
-    assert seen <= SDK_ERRORS, f"callers saw raw driver errors {seen - SDK_ERRORS}:\n{summary}"
     if fault == "pool_exhausted":
-        assert any(r.errors["PoolExhaustedError"] for r in reports), summary
+        assert any(r.errors["PoolExhaustedError"] for r in reports), "\n".join(r.summary() for r in reports)

@@ -9,16 +9,17 @@ idempotent, because the server refused it without applying it (counted by the se
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.exceptions as rex
 
+from support.leaks import eventually
 from trading_shared import OutcomeUnknownError, RedisClient, ServiceUnavailableError
 from trading_shared.telemetry import names
 
-from .harness import RedisEnv, count_fault
+from .faults import ids_in
+from .harness import RedisEnv, count_fault, wait_for_aof_rewrite
 from .history import LEDGER, History, Outcome, check, check_counter
 from .test_redis_history import PATHS
 
@@ -51,17 +52,23 @@ async def test_redis_lost_reply_on_each_write_path(redis_env: RedisEnv, path_nam
     client = redis_env.client(proxy, max_connections=1)
     write: Callable[[list[str]], Awaitable[object]] = path.make_write(client, 0)
     history = History(f"{path_name}.lost_reply")
-    counter = path.counter_of(0) if path.counter_of is not None else None
+    cut: list[str] = []
+    cut_calls: list[list[str]] = []
     for _ in range(5):
         # A lost reply kills the connection: reconnect (and load any script) with a write of its own first.
-        warm = [counter] if counter else history.new_ids(path.batch)
+        warm = history.new_ids(path.batch)
         await history.call(warm, lambda warm=warm: write(warm))
         await _idle(client)
         proxy.lose_next_reply()
         count_fault("redis.reply_lost")
-        ids = [counter] if counter else history.new_ids(path.batch)
+        ids = history.new_ids(path.batch)
+        cut += ids
+        cut_calls.append(ids)
         await history.call(ids, lambda ids=ids: write(ids))
     assert proxy.stats.replies_lost == 5
+    lost = ids_in(proxy.lost_requests)  # the ids in the requests whose replies the proxy dropped
+    assert lost <= set(cut), "a reply of a warm-up write was lost"
+    assert all(lost & set(ids) for ids in cut_calls), "some write under test had no reply lost"
     assert all(r.outcome is not Outcome.FAIL for r in history.records)  # warm-ups included
     infos = history.outcomes()[Outcome.INFO]
     assert infos == (0 if RESENT[path_name] else 5 * path.batch), history.errors()
@@ -71,9 +78,10 @@ async def test_redis_lost_reply_on_each_write_path(redis_env: RedisEnv, path_nam
         seen = await path.read(raw)
     finally:
         await raw.aclose()
-    report = check_counter(history, seen) if isinstance(seen, dict) else check(history, seen)
-    LEDGER.add(report).assert_clean()
+    report = LEDGER.add(check(history, seen, keyed=path.keyed))
+    report.assert_clean()
     assert report.indeterminate_applied == infos  # the proxy proves it: every lost reply was for an applied write
+    assert sorted(seen) == sorted(r.id for r in history.records)  # exactly once each: warm-ups and cut writes
 
 
 async def test_redis_refused_writes_are_retried_even_when_not_idempotent(redis_env: RedisEnv) -> None:
@@ -84,14 +92,23 @@ async def test_redis_refused_writes_are_retried_even_when_not_idempotent(redis_e
     await client.set("ballast-probe", b"1")
     await asyncio.to_thread(redis_env.server.cli, "DEBUG", "POPULATE", 300_000, "ballast", 64)
     await asyncio.to_thread(redis_env.server.cli, "BGREWRITEAOF")
-    for _ in itertools.count():
-        info = str(await asyncio.to_thread(redis_env.server.cli, "INFO", "persistence"))
-        if "aof_rewrite_in_progress:0" in info and "aof_rewrite_scheduled:0" in info:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_aof_rewrite(redis_env.server)
+    old_pid = redis_env.server.pid
     restart = asyncio.create_task(asyncio.to_thread(redis_env.server.restart, "kill"))
     count_fault("redis.loading")
-    await asyncio.sleep(0.1)  # killed; starting; loading 300k keys
+
+    def now_loading() -> bool:  # the new process answers, and says it is loading (observed, not assumed after a sleep)
+        if redis_env.server.pid in (None, old_pid):
+            return False
+        try:
+            return "loading:1" in str(redis_env.server.cli("INFO", "persistence", timeout=1))
+        except Exception:
+            return False
+
+    async def is_loading() -> bool:
+        return await asyncio.to_thread(now_loading)
+
+    assert await eventually(is_loading, timeout=10, interval=0.005), "the restarted server was never seen loading"
     calls = []
     for _ in range(5):
         ids = lists.new_ids(1)
@@ -110,7 +127,7 @@ async def test_redis_refused_writes_are_retried_even_when_not_idempotent(redis_e
         queue = [v.decode() for v in await raw.lrange("q", 0, -1)]
     finally:
         await raw.aclose()
-    LEDGER.add(check_counter(history, counters)).assert_clean()
+    LEDGER.add(check_counter(history, counters, applied={})).assert_clean()  # 5 acknowledged, none indeterminate
     LEDGER.add(check(lists, queue)).assert_clean()
 
 
