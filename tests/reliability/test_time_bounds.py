@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import pytest
 
+from support.leaks import eventually
 from support.proxy import FaultProxy
 from trading_shared import (
     BulkWriteError,
@@ -177,13 +178,29 @@ async def test_redis_calls_end_by_their_deadline_when_the_server_is_frozen(redis
     assert await r.get("k") == b"v"
 
 
+async def _until_asleep(env: RedisEnv) -> None:
+    """Wait until the server is seen stalled: a PING on a fresh connection gets no answer within 50 ms."""
+
+    def stalled() -> bool:
+        try:
+            env.server.cli("PING", timeout=0.05)
+        except (OSError, TimeoutError):
+            return True
+        return False
+
+    async def asleep() -> bool:
+        return await asyncio.to_thread(stalled)
+
+    assert await eventually(asleep, timeout=5.0, interval=0.01), "DEBUG SLEEP never stalled the server"
+
+
 async def test_redis_calls_end_by_their_deadline_while_the_server_sleeps(redis_env: RedisEnv) -> None:
     r = await _redis_ready(redis_env, None)
     calls = _redis_calls(redis_env, r, None)
     await r.connect()
     stall = asyncio.create_task(asyncio.to_thread(redis_env.server.cli, "DEBUG", "SLEEP", 1.5, timeout=10))
     count_fault("redis.debug_sleep")
-    await asyncio.sleep(0.1)  # the server is asleep now
+    await _until_asleep(redis_env)
     try:
         await _all_bounded(calls)
     finally:
