@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
@@ -385,8 +386,9 @@ async def test_an_enclosing_call_bounds_the_inner_calls_deadline_without_blaming
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError) as info:
             await h.pipeline.call("fetch", hang, idempotent=True)
-        assert 0.2 <= time.monotonic() - started < 0.4
-        assert "deadline of 0.2" in str(info.value)
+        assert 0.19 <= time.monotonic() - started < 0.4
+        # what the enclosing call left when this one began: 0.2 s less the time between the two
+        assert re.search(r"deadline of 0\.(2|19\d*) s", str(info.value)), str(info.value)
         assert info.value.may_have_been_applied is True
 
         started = time.monotonic()  # the enclosing end has passed: nothing is sent at all

@@ -80,7 +80,7 @@ class BulkMethods:
             fn: Callable[[asyncpg.Connection], Awaitable[T]],
             idempotent: bool,
             *,
-            single: bool = True,
+            several_requests: bool = False,
         ) -> T:
             """Provided by PostgresClient."""
             ...

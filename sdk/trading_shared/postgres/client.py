@@ -267,7 +267,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
         own: once it has been called, any failure counts as possibly applied, so a non-idempotent ``fn`` is never
         run twice (use :meth:`transaction` for several statements that must apply together).
         """
-        return await self._run(operation, fn, idempotent, single=False)
+        return await self._run(operation, fn, idempotent, several_requests=True)
 
     async def _run(
         self,
@@ -275,9 +275,11 @@ class PostgresClient(BulkMethods, LegacyMethods):
         fn: Callable[[asyncpg.Connection], Awaitable[T]],
         idempotent: bool,
         *,
-        single: bool = True,
+        several_requests: bool = False,
     ) -> T:
-        """``single``: ``fn`` sends one statement (or one transaction), so its failures are read as they are."""
+        """``several_requests``: ``fn`` may send several statements (a caller's ``run``), so once it ran, a failure
+        counts as possibly applied; otherwise it sends one statement (or one transaction) and failures are read as
+        they are."""
         gate = self._gate
         if gate is None:  # connect on demand: the connect and the call share one deadline
             steps = CallSteps(self.settings.retry.deadline)
@@ -285,7 +287,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
             if self._gate is None:
                 raise RuntimeError("PostgresClient was closed during connect()")
             with steps.next():
-                return await self._run(operation, fn, idempotent, single=single)
+                return await self._run(operation, fn, idempotent, several_requests=several_requests)
         traced = self.settings.statement_spans
 
         async def attempt() -> T:
@@ -305,7 +307,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
                         raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
                     raise
             except Exception as exc:
-                if single:
+                if not several_requests:
                     raise
                 # fn may have committed statements before the one that failed
                 original = exc.original if isinstance(exc, RequestNotSent) else exc

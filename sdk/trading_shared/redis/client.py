@@ -295,7 +295,7 @@ class RedisClient(LegacyCommands):
         WAIT when ``wait_replicas`` is set.
         """
         return await self._call(
-            operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=True
+            operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, several_requests=True
         )
 
 

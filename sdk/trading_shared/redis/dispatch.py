@@ -144,12 +144,12 @@ class RedisBase:
         blocking: float | None = None,
         key: Key | None = None,
         write: bool = False,
-        multi: bool = False,
+        several_requests: bool = False,
     ) -> T:
         """Run ``fn`` on the endpoint serving ``key`` through that endpoint's pipeline.
 
-        ``multi``: ``fn`` may send several requests (a caller's ``run``), so once one of them has been sent, a
-        later failure is read as :class:`~trading_shared.resilience.faults.PartlyApplied`.
+        ``several_requests``: ``fn`` may send several requests (a caller's ``run``), so once one of them has been
+        sent, a later failure is read as :class:`~trading_shared.resilience.faults.PartlyApplied`.
         """
         router = self._router
         if router is None:
@@ -157,7 +157,13 @@ class RedisBase:
             router = await self._connected()
             with steps.next():
                 return await self._call(
-                    operation, fn, idempotent=idempotent, blocking=blocking, key=key, write=write, multi=multi
+                    operation,
+                    fn,
+                    idempotent=idempotent,
+                    blocking=blocking,
+                    key=key,
+                    write=write,
+                    several_requests=several_requests,
                 )
         endpoint = router.route(key)
         endpoints = router.endpoints
@@ -169,7 +175,7 @@ class RedisBase:
             write=write,
             telemetry=self._telemetry,
             is_open=lambda: not endpoints.closed,
-            multi=multi,
+            several_requests=several_requests,
         )
         extra = blocking or 0.0
         try:

@@ -42,16 +42,17 @@ def routed_attempt(
     write: bool,
     telemetry: ClientTelemetry,
     is_open: Callable[[], bool],
-    multi: bool = False,
+    several_requests: bool = False,
 ) -> Callable[[], Awaitable[T]]:
     """The attempt function for :meth:`Pipeline.call <trading_shared.resilience.Pipeline.call>`.
 
-    ``multi``: ``fn`` may send several requests; once one was sent, later failures come out as PartlyApplied."""
+    ``several_requests``: ``fn`` may send several requests; once one was sent, later failures come out as
+    PartlyApplied."""
 
     async def attempt() -> T:
         if not is_open():
             raise RuntimeError("RedisClient was closed while this call was in flight")
-        sent = [0] if multi else None
+        sent = [0] if several_requests else None
         counting = SENT.set(sent) if sent is not None else None
         try:
             return await routed()

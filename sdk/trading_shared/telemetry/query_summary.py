@@ -101,11 +101,11 @@ def summarise(statement: str) -> QueryNames:
             for _ in range(value.count(")")):
                 if parens:
                     parens.pop()
-        is_operation = upper in _OPERATIONS and (
-            upper == "SELECT"
-            or at_start
-            or (upper in _DML and previous[1] == ")" and starts_with == "WITH")
-        ) and previous[1].upper() not in _NOT_BEFORE_OPERATION
+        is_operation = (
+            upper in _OPERATIONS
+            and (upper == "SELECT" or at_start or (upper in _DML and previous[1] == ")" and starts_with == "WITH"))
+            and previous[1].upper() not in _NOT_BEFORE_OPERATION
+        )
         at_start = kind == "open" or (kind == "other" and ";" in value)
         if is_operation:
             operations.append(upper)
