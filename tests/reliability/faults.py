@@ -14,6 +14,7 @@ for at least :data:`SLOW` seconds (:attr:`FaultProxy.delayed_requests`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -88,7 +89,11 @@ async def lose_replies(ctx: Ctx) -> None:
 
 
 async def resets(ctx: Ctx) -> None:
-    for _ in range(8):
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 4.0  # 8 resets, then more (bounded) while a path has not been reached yet
+    for n in itertools.count():
+        if n >= 8 and (loop.time() > until or not unreached(ctx)):
+            break
         ctx.proxy.reset()
         ctx.count("connection_reset")
         await asyncio.sleep(random.uniform(0.02, 0.08))
@@ -148,6 +153,12 @@ async def cancel_calls(ctx: Ctx) -> None:
         await asyncio.sleep(random.uniform(0.005, 0.03))
         if ctx.workload.cancel_random():
             ctx.count("task_cancelled")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 2.0
+    while (missing := unreached(ctx)) and loop.time() < until:  # bounded: then the test fails on the missing path
+        await asyncio.sleep(0.005)
+        if ctx.workload.cancel_random(missing):
+            ctx.count("task_cancelled")
 
 
 #: The scripts both history tests run.
@@ -188,6 +199,12 @@ def mark_hits(spans: Iterable[ReadableSpan], workload: Workload, proxy: FaultPro
             if (rec.error is not None and rec.error not in NOT_A_FAULT) or rec.id in cut or rec.id in slowed:
                 history.hit.add(rec.id)
     return cut
+
+
+def unreached(ctx: Ctx) -> set[str]:
+    """The paths none of whose writes the fault has reached so far (by the evidence of the calls ended so far)."""
+    mark_hits(ctx.env.otel.spans(), ctx.workload, ctx.proxy)
+    return {h.path for h in ctx.histories if not h.hit}
 
 
 def indeterminate_bound(writers: int, events: int) -> int:

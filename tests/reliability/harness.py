@@ -159,6 +159,7 @@ class Workload:
         self._writers: list[asyncio.Task[None]] = []
         self._tracer = tracer
         self.inflight: set[asyncio.Task[Any]] = set()
+        self.path_of: dict[asyncio.Task[Any], str] = {}
         self.calls = 0
         self.histories: list[History] = []
         self.calls_by_span: dict[int, tuple[History, list[str]]] = {}
@@ -193,10 +194,12 @@ class Workload:
             ids = make_ids()
             call = asyncio.create_task(self._call(history, write, ids))
             self.inflight.add(call)
+            self.path_of[call] = history.path
             try:
                 await asyncio.wait([call])  # never raises: a cancelled call is already recorded
             finally:
                 self.inflight.discard(call)
+                self.path_of.pop(call, None)
             self.calls += 1
             await asyncio.sleep(pause * random.uniform(0.5, 1.5))
 
@@ -208,9 +211,9 @@ class Workload:
             self.calls_by_span[span.get_span_context().span_id] = (history, ids)
             await history.call(ids, lambda: write(ids))
 
-    def cancel_random(self) -> bool:
-        """Cancel one in-flight call, if any."""
-        calls = [t for t in self.inflight if not t.done()]
+    def cancel_random(self, paths: set[str] | None = None) -> bool:
+        """Cancel one in-flight call (of one of ``paths``, if given), if any."""
+        calls = [t for t in self.inflight if not t.done() and (paths is None or self.path_of.get(t) in paths)]
         if not calls:
             return False
         random.choice(calls).cancel()
