@@ -31,7 +31,7 @@ from trading_shared.resilience import retry as retry_policy
 from trading_shared.resilience.breaker import CircuitBreaker
 from trading_shared.resilience.deadline import CALL_DEADLINE, enclosing_deadline
 from trading_shared.resilience.faults import RequestNotSent
-from trading_shared.resilience.pipeline import Pipeline
+from trading_shared.resilience.pipeline import CallPipeline
 from trading_shared.telemetry import ClientTelemetry, names
 
 
@@ -84,7 +84,7 @@ class Harness:
         self.breaker = CircuitBreaker(BreakerSettings(fail_max=fail_max, reset_timeout=60), "p")
         retry = RetrySettings(max_attempts=attempts, initial_backoff=0.001, max_backoff=0.002, jitter=0.001,
                               deadline=deadline)  # fmt: skip
-        self.pipeline = Pipeline(retry=retry, breaker=self.breaker, errors=FakeErrors(), telemetry=self.telemetry)
+        self.pipeline = CallPipeline(retry=retry, breaker=self.breaker, errors=FakeErrors(), telemetry=self.telemetry)
         self.calls = 0
 
     def script(self, *outcomes: BaseException | str) -> Callable[[], Awaitable[str]]:

@@ -19,7 +19,7 @@ from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.deadline import CallSteps
 from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
-from ..resilience.pipeline import Pipeline
+from ..resilience.pipeline import CallPipeline
 from ..settings import PostgresSettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
@@ -82,7 +82,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
         )
         self._errors = PostgresErrors.for_settings(self.settings.ssl, self.settings.resolved_dsn().get_secret_value())
         self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
-        self._pipeline = Pipeline(
+        self._pipeline = CallPipeline(
             retry=self.settings.retry,
             breaker=self.breaker,
             errors=self._errors,

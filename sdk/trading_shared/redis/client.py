@@ -234,7 +234,7 @@ class RedisClient(LegacyCommands):
         ``PIPELINE <COMMAND>`` (``MULTI <COMMAND>``) when all commands are the same, else ``PIPELINE`` (``MULTI``).
         With ``wait_replicas`` set, a pipeline with any command not known to be read-only ends with one WAIT.
 
-        Cluster mode (:mod:`trading_shared.redis.pipelines`): commands are grouped by hash slot, one round trip per
+        Cluster mode (:mod:`trading_shared.redis.slot_batches`): commands are grouped by hash slot, one round trip per
         group, groups concurrently; not atomic across slots. A transaction must keep every key in one slot
         (ValueError otherwise, before anything is sent).
         """

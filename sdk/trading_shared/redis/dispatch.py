@@ -22,7 +22,7 @@ from ..errors import CircuitOpenError
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.deadline import CallSteps
 from ..resilience.faults import RequestNotSent
-from ..resilience.pipeline import Pipeline
+from ..resilience.pipeline import CallPipeline
 from ..settings import RedisSettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
@@ -31,10 +31,10 @@ from .bracketed import Wait
 from .classify import ConnectFailed, RedisErrors
 from .cluster import ClusterRouter, slot_of
 from .endpoints import Endpoints, Key, Router
-from .pipelines import run_cluster_pipeline
 from .pool import Commands, Pools, QueuedCommand, connection_kwargs
 from .routing import routed_attempt
 from .sentinel import SentinelRouter
+from .slot_batches import run_by_slot
 from .standalone import StandaloneRouter
 
 T = TypeVar("T")
@@ -65,7 +65,7 @@ class RedisBase:
         self._kwargs = connection_kwargs(self.settings, self._telemetry.pool_create)  # ConfigurationError here
         #: The breaker of the server in standalone mode; in sentinel and cluster mode, of connecting (discovery).
         self.breaker = CircuitBreaker(self.settings.breaker, self.settings.name)
-        self._pipeline = Pipeline(
+        self._pipeline = CallPipeline(
             retry=self.settings.retry, breaker=self.breaker, errors=RedisErrors(), telemetry=self._telemetry
         )
         s = self.settings
@@ -202,7 +202,7 @@ class RedisBase:
         """Send queued commands (a Redis pipeline): with ``send`` in one round trip, or grouped by slot (cluster)."""
         router = self._router
         if isinstance(router, ClusterRouter):
-            return await run_cluster_pipeline(
+            return await run_by_slot(
                 self._call,
                 router,
                 stack,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import redis.exceptions as rex
 
 from ..resilience.breaker import CircuitBreaker
-from ..resilience.pipeline import Pipeline
+from ..resilience.pipeline import CallPipeline
 from ..settings import RedisSettings, RetrySettings
 from ..telemetry import names
 from ..telemetry.client import ClientTelemetry
@@ -69,7 +69,14 @@ class Endpoint:
     """One server: its pools (main and blocking), their runners, its breaker and the pipeline that uses it."""
 
     def __init__(
-        self, host: str, port: int, pools: Pools, commands: CommandSet, pipeline: Pipeline, *, name_server: bool = True
+        self,
+        host: str,
+        port: int,
+        pools: Pools,
+        commands: CommandSet,
+        pipeline: CallPipeline,
+        *,
+        name_server: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -123,7 +130,7 @@ class Endpoints:
             settings = self._settings
             pools = Pools({**self._kwargs, "host": host, "port": port}, settings, timing=self._telemetry)
             breaker = CircuitBreaker(settings.breaker, f"{settings.name} {host}:{port}")
-            pipeline = Pipeline(
+            pipeline = CallPipeline(
                 retry=self._retry,
                 breaker=breaker,
                 errors=RedisErrors(),

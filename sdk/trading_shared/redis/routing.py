@@ -44,7 +44,7 @@ def routed_attempt(
     is_open: Callable[[], bool],
     several_requests: bool = False,
 ) -> Callable[[], Awaitable[T]]:
-    """The attempt function for :meth:`Pipeline.call <trading_shared.resilience.Pipeline.call>`.
+    """The attempt function for :meth:`CallPipeline.call <trading_shared.resilience.pipeline.CallPipeline.call>`.
 
     ``several_requests``: ``fn`` may send several requests; once one was sent, later failures come out as
     PartlyApplied."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis.exceptions as rex
 
-from ..resilience.pipeline import Pipeline
+from ..resilience.pipeline import CallPipeline
 from .bracketed import CommandSet
 from .endpoints import Endpoint, Endpoints, Key
 from .pool import Pools
@@ -17,7 +17,7 @@ from .pool import Pools
 class StandaloneRouter:
     """Routes every call to the one server of ``pools``."""
 
-    def __init__(self, endpoints: Endpoints, host: str, port: int, pools: Pools, pipeline: Pipeline) -> None:
+    def __init__(self, endpoints: Endpoints, host: str, port: int, pools: Pools, pipeline: CallPipeline) -> None:
         self.endpoints = endpoints
         self._endpoint = Endpoint(host, port, pools, CommandSet(pools, endpoints.wait), pipeline, name_server=False)
         endpoints.adopt(self._endpoint)

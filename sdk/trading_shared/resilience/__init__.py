@@ -1,7 +1,7 @@
 """The resilient call pipeline shared by every client: classification, circuit breaker, retries, deadline.
 
 Public here: :class:`BreakerState` (the states a breaker reports), :class:`Fault` (what a failure means for retries
-and the breaker) and :func:`set_testing`. The machinery (``Pipeline``, ``CircuitBreaker``, the ``RequestNotSent`` /
+and the breaker) and :func:`set_testing`. The machinery (``CallPipeline``, ``CircuitBreaker``, the ``RequestNotSent`` /
 ``PartlyApplied`` markers) lives in the submodules and is internal.
 """
 

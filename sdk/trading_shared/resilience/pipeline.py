@@ -1,7 +1,7 @@
 """The one call pipeline both clients use: breaker gate -> attempt -> classify -> retry -> telemetry.
 
 A client describes an operation (its name, whether it may be re-sent after its request may have reached the
-server, and one attempt as a zero-argument coroutine function) and hands it to :meth:`Pipeline.call`. Rules:
+server, and one attempt as a zero-argument coroutine function) and hands it to :meth:`CallPipeline.call`. Rules:
 
 * Caller errors are raised unchanged at once: no retry, breaker untouched.
 * Infrastructure failures are retried with exponential backoff and jitter, within ``max_attempts`` and the total
@@ -57,8 +57,9 @@ class DriverErrors(Protocol):
         """``(error.type, db.response.status_code)`` for telemetry: low-cardinality, no values."""
 
 
-class Pipeline:
-    """Runs operations for one client against one server endpoint.
+class CallPipeline:
+    """Runs operations for one client against one server endpoint (the resilience pipeline: not a Redis pipeline,
+    which batches commands in one round trip).
 
     ``backoff(delay)`` waits between attempts: ``asyncio.sleep``, or for sentinel and cluster endpoints a wait that a
     topology change cuts short, so a retry waiting out a failover goes to the new server as soon as it is known.
@@ -311,7 +312,7 @@ class Pipeline:
 
 
 class _Call:
-    """The state of one :meth:`Pipeline.call`: its deadline, attempts, breaker ticket and what failed so far."""
+    """The state of one :meth:`CallPipeline.call`: its deadline, attempts, breaker ticket and what failed so far."""
 
     __slots__ = (
         "attempts",

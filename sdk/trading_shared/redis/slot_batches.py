@@ -45,7 +45,7 @@ class Call(Protocol):
         """Run ``fn`` through the pipeline of the endpoint owning ``key``."""
 
 
-async def run_cluster_pipeline(
+async def run_by_slot(
     call: Call,
     router: ClusterRouter,
     stack: Sequence[QueuedCommand],
