@@ -173,8 +173,9 @@ class Subscription:
 
 async def _close_quietly(pubsub: rclient.PubSub) -> None:
     """Close a PubSub whose connection may already be dead (its errors carry nothing the caller can act on)."""
+    close: Callable[[], Awaitable[None]] = pubsub.aclose  # untyped before redis-py 8.2: typed here for both
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(pubsub.aclose(), 2.0)  # type: ignore[no-untyped-call]
+        await asyncio.wait_for(close(), 2.0)
 
 
 @contextlib.asynccontextmanager
