@@ -272,6 +272,26 @@ async def wait_for_aof_rewrite(server: RedisServer, timeout: float = 10.0) -> No
     assert await eventually(done, timeout=timeout, interval=0.02), f"AOF rewrite still running after {timeout} s"
 
 
+async def wait_until_loading(server: RedisServer, old_pid: int | None, timeout: float = 10.0) -> None:
+    """Wait until a new redis-server process (not ``old_pid``) answers and reports ``loading:1`` (observed state,
+    not a sleep; AssertionError after ``timeout``)."""
+
+    def now_loading() -> bool:
+        # ``pid`` is read while restart() runs in another thread, which may reset the process handle between the
+        # property's check and its use (AttributeError): that only means "not yet", like a refused connection.
+        try:
+            if server.pid in (None, old_pid):
+                return False
+            return "loading:1" in str(server.cli("INFO", "persistence", timeout=1))
+        except Exception:  # not started yet, not listening yet, or refusing INFO
+            return False
+
+    async def loading() -> bool:
+        return await asyncio.to_thread(now_loading)
+
+    assert await eventually(loading, timeout=timeout, interval=0.005), "the restarted server was never seen loading"
+
+
 def sql_ids(rows: Sequence[asyncpg.Record]) -> list[str]:
     """The first column of ``rows`` as strings."""
     return [str(r[0]) for r in rows]

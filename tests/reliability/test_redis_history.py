@@ -38,7 +38,7 @@ from trading_shared.telemetry import names
 
 from . import faults
 from .faults import Ctx, Nemesis
-from .harness import RedisEnv, Workload, run_for, wait_for_aof_rewrite
+from .harness import RedisEnv, Workload, run_for, wait_for_aof_rewrite, wait_until_loading
 from .history import LEDGER, History, Report, check
 
 Write = Callable[[list[str]], Awaitable[object]]
@@ -148,8 +148,12 @@ async def _loading(ctx: Ctx) -> None:
     await asyncio.to_thread(server.cli, "DEBUG", "POPULATE", 300_000, "ballast", 64)  # into db 0
     await asyncio.to_thread(server.cli, "BGREWRITEAOF")
     await wait_for_aof_rewrite(server)
-    await asyncio.to_thread(server.restart, "kill")  # start() waits for PONG: until the AOF is loaded
+    old_pid = server.pid
+    restart = asyncio.create_task(asyncio.to_thread(server.restart, "kill"))  # returns once the AOF is loaded
     ctx.count("loading")
+    await wait_until_loading(server, old_pid)
+    await ctx.client.set("loading-probe", b"1")  # at least one call meets -LOADING (it is retried through it)
+    await restart
     await asyncio.sleep(0.3)
 
 

@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis.exceptions as rex
 
-from support.leaks import eventually
 from trading_shared import OutcomeUnknownError, RedisClient, ServiceUnavailableError
 from trading_shared.telemetry import names
 
 from .faults import ids_in
-from .harness import RedisEnv, count_fault, wait_for_aof_rewrite
+from .harness import RedisEnv, count_fault, wait_for_aof_rewrite, wait_until_loading
 from .history import LEDGER, History, Outcome, check, check_counter
 from .test_redis_history import PATHS
 
@@ -97,18 +96,7 @@ async def test_redis_refused_writes_are_retried_even_when_not_idempotent(redis_e
     restart = asyncio.create_task(asyncio.to_thread(redis_env.server.restart, "kill"))
     count_fault("redis.loading")
 
-    def now_loading() -> bool:  # the new process answers, and says it is loading (observed, not assumed after a sleep)
-        if redis_env.server.pid in (None, old_pid):
-            return False
-        try:
-            return "loading:1" in str(redis_env.server.cli("INFO", "persistence", timeout=1))
-        except Exception:
-            return False
-
-    async def is_loading() -> bool:
-        return await asyncio.to_thread(now_loading)
-
-    assert await eventually(is_loading, timeout=10, interval=0.005), "the restarted server was never seen loading"
+    await wait_until_loading(redis_env.server, old_pid)
     calls = []
     for _ in range(5):
         ids = lists.new_ids(1)
