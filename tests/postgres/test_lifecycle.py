@@ -98,7 +98,7 @@ async def test_wrong_password_fails_fast_without_retry_and_breaker_closed(pg_ser
 
 
 async def test_unknown_host_fails_fast_without_retry() -> None:
-    pg = PostgresClient(PostgresSettings(host="no-such-host.invalid", breaker={"fail_max": 1}))
+    pg = PostgresClient(PostgresSettings(host="-no-such-host.invalid", breaker={"fail_max": 1}))
     t0 = time.monotonic()
     with pytest.raises(socket.gaierror) as info:
         await pg.connect()

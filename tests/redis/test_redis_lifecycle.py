@@ -190,7 +190,7 @@ def test_unsupported_url_options_are_configuration_errors(query: str) -> None:
 
 
 async def test_unknown_host_fails_fast_without_retry() -> None:
-    r = RedisClient(RedisSettings(url="redis://no-such-host.invalid:6379/0", breaker={"fail_max": 1}))
+    r = RedisClient(RedisSettings(url="redis://-no-such-host.invalid:6379/0", breaker={"fail_max": 1}))
     t0 = time.monotonic()
     with pytest.raises(rex.ConnectionError) as info:
         await r.connect()
