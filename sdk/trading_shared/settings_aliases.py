@@ -180,14 +180,32 @@ class _OldNames:
         warnings.warn(f"{type(self).__name__}.{old} is deprecated; use {new}", DeprecationWarning, stacklevel=3)
 
 
-class PostgresOldNames(_OldNames):
+class _RetryOldNames(_OldNames):
+    """The old retry names both settings classes had."""
+
+    if TYPE_CHECKING:
+        retry: RetrySettings
+
+    @property
+    def max_retries(self) -> int:
+        """Deprecated: ``retry.max_attempts`` (the old name counted attempts, the first included)."""
+        self._old("max_retries", "retry.max_attempts")
+        return self.retry.max_attempts
+
+    @property
+    def initial_retry_delay_s(self) -> float:
+        """Deprecated: ``retry.initial_backoff``."""
+        self._old("initial_retry_delay_s", "retry.initial_backoff")
+        return self.retry.initial_backoff
+
+
+class PostgresOldNames(_RetryOldNames):
     """Old PostgresSettings names, readable as deprecated properties."""
 
     ALIASES = POSTGRES_ALIASES
     if TYPE_CHECKING:
         min_size: int
         max_size: int
-        retry: RetrySettings
 
     @property
     def pool_min_size(self) -> int:
@@ -201,37 +219,11 @@ class PostgresOldNames(_OldNames):
         self._old("pool_max_size", "max_size")
         return self.max_size
 
-    @property
-    def max_retries(self) -> int:
-        """Deprecated: ``retry.max_attempts`` (the old name counted attempts, the first included)."""
-        self._old("max_retries", "retry.max_attempts")
-        return self.retry.max_attempts
 
-    @property
-    def initial_retry_delay_s(self) -> float:
-        """Deprecated: ``retry.initial_backoff``."""
-        self._old("initial_retry_delay_s", "retry.initial_backoff")
-        return self.retry.initial_backoff
-
-
-class RedisOldNames(_OldNames):
+class RedisOldNames(_RetryOldNames):
     """Old RedisSettings names, readable as deprecated properties (``pubsub_max_connections`` is not kept)."""
 
     ALIASES = REDIS_ALIASES
-    if TYPE_CHECKING:
-        retry: RetrySettings
-
-    @property
-    def max_retries(self) -> int:
-        """Deprecated: ``retry.max_attempts`` (the old name counted attempts, the first included)."""
-        self._old("max_retries", "retry.max_attempts")
-        return self.retry.max_attempts
-
-    @property
-    def initial_retry_delay_s(self) -> float:
-        """Deprecated: ``retry.initial_backoff``."""
-        self._old("initial_retry_delay_s", "retry.initial_backoff")
-        return self.retry.initial_backoff
 
 
 __all__ = ["CONFLICT", "POSTGRES_ALIASES", "REDIS_ALIASES", "Alias", "PostgresOldNames", "RedisOldNames", "apply"]

@@ -27,7 +27,7 @@ from .compat_pipeline import CompatPipeline
 from .endpoints import Key
 from .pool import Commands
 from .pubsub import Subscription, managed_pubsub
-from .stream_commands import StreamCommands
+from .stream_commands import StreamCommands, create_group
 from .streams import ClaimResult, StreamEntry
 
 T = TypeVar("T")
@@ -369,11 +369,7 @@ class LegacyCommands(StreamCommands):
                 if error_code(exc) != "NOGROUP":
                     raise
             for name in names:
-                try:
-                    await r.execute_command("XGROUP CREATE", name, group_name, "0", "MKSTREAM")
-                except rex.ResponseError as exc:
-                    if error_code(exc) != "BUSYGROUP":
-                        raise
+                await create_group(r, name, group_name, "0", True)
             return []
 
         result = await self._call("XREADGROUP", read, idempotent=True, blocking=block / 1000, key=names[0])

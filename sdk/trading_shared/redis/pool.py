@@ -284,18 +284,6 @@ class Pools:
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         await pool.release(conn)
 
-    async def disconnect_idle(self) -> None:
-        """Close the idle connections of both pools (used when the server stopped being the one to talk to).
-
-        Connections in use are left to their callers; a disconnected connection reconnects when next borrowed.
-        """
-        for commands in (self.main, self._blocking):
-            if commands is not None:
-                try:
-                    await commands.connection_pool.disconnect(inuse_connections=False)
-                except (rex.RedisError, OSError):
-                    _log.debug("closing idle redis connections failed", exc_info=True)
-
     async def disconnect_all(self) -> None:
         """Close every connection of both pools, those in use included: the calls using them fail (the server was
         demoted under them, and a reply from it could acknowledge a write it is about to discard)."""

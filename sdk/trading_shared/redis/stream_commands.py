@@ -100,7 +100,7 @@ class StreamCommands(RedisBase):
         return bool(
             await self._call(
                 "XGROUP CREATE",
-                lambda r: _create_group(r, stream, group, start_id, mkstream),
+                lambda r: create_group(r, stream, group, start_id, mkstream),
                 idempotent=True,
                 key=stream,
                 write=True,
@@ -138,7 +138,7 @@ class StreamCommands(RedisBase):
             except rex.ResponseError as exc:
                 if error_code(exc) != "NOGROUP":
                     raise
-            await _create_group(r, stream, group, recreate_from, True)
+            await create_group(r, stream, group, recreate_from, True)
             return await r.execute_command(*args)
 
         blocking = block_ms / 1000 if block_ms is not None else None
@@ -215,7 +215,7 @@ class StreamCommands(RedisBase):
         return ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
 
 
-async def _create_group(r: Commands, stream: Key, group: Key, start_id: str | bytes, mkstream: bool) -> bool:
+async def create_group(r: Commands, stream: Key, group: Key, start_id: str | bytes, mkstream: bool) -> bool:
     """XGROUP CREATE; an existing group (BUSYGROUP) is success, reported as False."""
     args: list[Any] = ["XGROUP", "CREATE", stream, group, start_id]
     if mkstream:
