@@ -28,6 +28,14 @@ BREAKER_REJECTIONS: Final = "trading_shared.circuit_breaker.rejections"
 DEAD_LETTERED: Final = "trading_shared.stream.dead_lettered"
 MASTER_CHANGES: Final = "trading_shared.redis.master_changes"
 RESUBSCRIBES: Final = "trading_shared.redis.resubscribes"
+STREAM_GROUP_LAG: Final = "trading_shared.stream.group.lag"
+STREAM_GROUP_PENDING: Final = "trading_shared.stream.group.pending"
+STREAM_GROUP_OLDEST_PENDING_AGE: Final = "trading_shared.stream.group.oldest_pending_age"
+STREAM_MESSAGE_AGE: Final = "trading_shared.stream.message.age"
+
+# --- metrics: messaging semantic conventions ---------------------------------------------------------------------
+MESSAGING_SENT_MESSAGES: Final = "messaging.client.sent.messages"
+MESSAGING_CONSUMED_MESSAGES: Final = "messaging.client.consumed.messages"
 
 # --- units ---------------------------------------------------------------------------------------------------------
 UNIT_SECONDS: Final = "s"
@@ -53,6 +61,13 @@ SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
 POOL_NAME: Final = "db.client.connection.pool.name"
 CONNECTION_STATE: Final = "db.client.connection.state"
+MESSAGING_SYSTEM: Final = "messaging.system"
+MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
+MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
+MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
+MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
+MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
+MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
 
 # --- attributes: this package's namespace ------------------------------------------------------------------------
 BREAKER_STATE_ATTR: Final = "trading_shared.circuit_breaker.state"
@@ -74,6 +89,12 @@ BREAKER_HALF_OPEN: Final = "half_open"
 ERROR_CANCELLED: Final = "cancelled"
 ERROR_CIRCUIT_OPEN: Final = "circuit_open"
 ERROR_DEADLINE: Final = "deadline_exceeded"
+MESSAGING_SEND: Final = "send"
+MESSAGING_RECEIVE: Final = "receive"
+MESSAGING_PROCESS: Final = "process"
+MESSAGING_SETTLE: Final = "settle"
+#: The ``messaging.destination.name`` of every stream the caller did not declare (stream names are Redis keys).
+UNDECLARED_STREAM: Final = "_undeclared"
 
 # --- span events ---------------------------------------------------------------------------------------------------
 EVENT_ATTEMPT_FAILED: Final = "trading_shared.attempt_failed"
@@ -121,6 +142,12 @@ PROMETHEUS_SERIES: Final = frozenset(
         _prom(DEAD_LETTERED, "_total"),
         _prom(MASTER_CHANGES, "_total"),
         _prom(RESUBSCRIBES, "_total"),
+        _prom(STREAM_GROUP_LAG),
+        _prom(STREAM_GROUP_PENDING),
+        _prom(STREAM_GROUP_OLDEST_PENDING_AGE, "_seconds"),
+        *(_prom(STREAM_MESSAGE_AGE, s) for s in ("_seconds_bucket", "_seconds_sum", "_seconds_count")),
+        _prom(MESSAGING_SENT_MESSAGES, "_total"),
+        _prom(MESSAGING_CONSUMED_MESSAGES, "_total"),
     }
 )
 
@@ -140,6 +167,10 @@ PROMETHEUS_LABELS: Final = frozenset(
                 POOL_NAME,
                 CONNECTION_STATE,
                 BREAKER_STATE_ATTR,
+                MESSAGING_SYSTEM,
+                MESSAGING_OPERATION_NAME,
+                MESSAGING_DESTINATION_NAME,
+                MESSAGING_CONSUMER_GROUP_NAME,
             )
         ),
         "job",
