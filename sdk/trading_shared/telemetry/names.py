@@ -28,6 +28,7 @@ BREAKER_REJECTIONS: Final = "trading_shared.circuit_breaker.rejections"
 DEAD_LETTERED: Final = "trading_shared.stream.dead_lettered"
 MASTER_CHANGES: Final = "trading_shared.redis.master_changes"
 RESUBSCRIBES: Final = "trading_shared.redis.resubscribes"
+QUERY_SUMMARY_OVERFLOW: Final = "trading_shared.db.query_summary.overflow"
 STREAM_GROUP_LAG: Final = "trading_shared.stream.group.lag"
 STREAM_GROUP_PENDING: Final = "trading_shared.stream.group.pending"
 STREAM_GROUP_OLDEST_PENDING_AGE: Final = "trading_shared.stream.group.oldest_pending_age"
@@ -56,6 +57,10 @@ DB_OPERATION_NAME: Final = "db.operation.name"
 DB_NAMESPACE: Final = "db.namespace"
 DB_RESPONSE_STATUS_CODE: Final = "db.response.status_code"
 DB_QUERY_TEXT: Final = "db.query.text"
+DB_QUERY_SUMMARY: Final = "db.query.summary"
+DB_COLLECTION_NAME: Final = "db.collection.name"
+DB_STORED_PROCEDURE_NAME: Final = "db.stored_procedure.name"
+DB_OPERATION_BATCH_SIZE: Final = "db.operation.batch.size"
 SERVER_ADDRESS: Final = "server.address"
 SERVER_PORT: Final = "server.port"
 ERROR_TYPE: Final = "error.type"
@@ -77,6 +82,8 @@ RETRY_DELAY: Final = "trading_shared.retry.delay"
 FAULT: Final = "trading_shared.fault"
 OUTCOME: Final = "trading_shared.outcome"
 GAP: Final = "trading_shared.pubsub.gap"
+#: The SDK method a PostgreSQL call was made through (``fetchrow``, ``executemany``, ``copy_upsert``...): spans only.
+METHOD: Final = "trading_shared.method"
 
 # --- attribute values ----------------------------------------------------------------------------------------------
 SYSTEM_POSTGRESQL: Final = "postgresql"
@@ -142,6 +149,7 @@ PROMETHEUS_SERIES: Final = frozenset(
         _prom(DEAD_LETTERED, "_total"),
         _prom(MASTER_CHANGES, "_total"),
         _prom(RESUBSCRIBES, "_total"),
+        _prom(QUERY_SUMMARY_OVERFLOW, "_total"),
         _prom(STREAM_GROUP_LAG),
         _prom(STREAM_GROUP_PENDING),
         _prom(STREAM_GROUP_OLDEST_PENDING_AGE, "_seconds"),
@@ -159,6 +167,7 @@ PROMETHEUS_LABELS: Final = frozenset(
             for a in (
                 DB_SYSTEM_NAME,
                 DB_OPERATION_NAME,
+                DB_QUERY_SUMMARY,
                 DB_NAMESPACE,
                 DB_RESPONSE_STATUS_CODE,
                 SERVER_ADDRESS,
