@@ -79,6 +79,12 @@ class Instruments:
             unit=names.UNIT_RECONNECT,
             description="Times a Redis pub/sub subscription re-subscribed after its connection was lost.",
         )
+        self.summary_overflow = meter.create_counter(
+            names.QUERY_SUMMARY_OVERFLOW,
+            unit=names.UNIT_CALL,
+            description="Calls recorded with db.query.summary=_OTHER: the client had reached its cap of distinct "
+            "summaries.",
+        )
         self.timeouts = meter.create_counter(
             names.CONNECTION_TIMEOUTS,
             unit=names.UNIT_TIMEOUT,
