@@ -2,7 +2,7 @@
 
 The client always holds a router once connected (:mod:`.standalone`, :mod:`.sentinel`, :mod:`.cluster`): a call
 asks it for the endpoint serving its key, runs through that endpoint's pipeline (breaker, retries, deadline, span)
-with :func:`~.routing.routed_attempt` as the attempt, and, when an open breaker refused it before any attempt, asks
+with :class:`~.routing.RoutedCall` as the attempt, and, when an open breaker refused it before any attempt, asks
 the router once whether another server now serves the key. The command methods (:mod:`.client`,
 :mod:`.stream_commands`) only describe commands: what to send, on which key, and whether it may be re-sent.
 """
@@ -32,7 +32,7 @@ from .classify import ConnectFailed, RedisErrors
 from .cluster import ClusterRouter, slot_of
 from .endpoints import Endpoints, Key, Router
 from .pool import Commands, Pools, QueuedCommand, connection_kwargs
-from .routing import routed_attempt
+from .routing import RoutedCall
 from .sentinel import SentinelRouter
 from .slot_batches import run_by_slot
 from .standalone import StandaloneRouter
@@ -167,7 +167,7 @@ class RedisBase:
                 )
         endpoint = router.route(key)
         endpoints = router.endpoints
-        attempt = routed_attempt(
+        routed = RoutedCall(
             router,
             key,
             fn,
@@ -177,16 +177,18 @@ class RedisBase:
             is_open=lambda: not endpoints.closed,
             several_requests=several_requests,
         )
-        extra = blocking or 0.0
+        attempt, failed, extra = routed.attempt, routed.failed, blocking or 0.0
         try:
-            return await endpoint.pipeline.call(operation, attempt, idempotent=idempotent, extra_time=extra)
+            return await endpoint.pipeline.call(
+                operation, attempt, idempotent=idempotent, extra_time=extra, on_failure=failed
+            )
         except CircuitOpenError as rejected:
             if rejected.attempts:
                 raise  # rejected after attempts on this endpoint: its outcome stands
             other = await router.reroute(key, endpoint)  # the slot or the master may have moved meanwhile
             if other is None:
                 raise
-        return await other.pipeline.call(operation, attempt, idempotent=idempotent, extra_time=extra)
+        return await other.pipeline.call(operation, attempt, idempotent=idempotent, extra_time=extra, on_failure=failed)
 
     async def _run_stack(
         self,

@@ -46,6 +46,12 @@ from .retry import RetryPolicy
 
 T = TypeVar("T")
 
+#: Told of every failed attempt once the pipeline has classified it: ``(error, fault)``, where ``error`` is the
+#: driver's error (unwrapped from the internal markers). It may return another error to report in its place, which
+#: keeps the same fault (the Redis router names a master that changed mid-call this way). It runs as part of the
+#: attempt: inside the call's deadline and, for pipelines that activate it, with the call's span current.
+FailureHook = Callable[[BaseException, Fault], Awaitable[BaseException | None]]
+
 
 class DriverErrors(Protocol):
     """How a driver's exceptions are read: by type and error code, never by message."""
@@ -96,11 +102,13 @@ class CallPipeline:
         *,
         idempotent: bool,
         extra_time: float = 0.0,
+        on_failure: FailureHook | None = None,
     ) -> T:
         """Run ``attempt`` under the pipeline's rules and return its result.
 
         ``idempotent`` says the request may be re-sent after it may have reached the server (keys, explicit ids,
-        ON CONFLICT). ``extra_time`` widens the deadline for operations that block on purpose.
+        ON CONFLICT). ``extra_time`` widens the deadline for operations that block on purpose. ``on_failure`` learns
+        of each failed attempt with the pipeline's classification (see :data:`FailureHook`).
         """
         call = _Call(operation, self.telemetry.start(operation), self._deadline, extra_time)
         enclosing = CALL_DEADLINE.get()
@@ -131,8 +139,11 @@ class CallPipeline:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    original, fault = self._classify(exc)
+                    if on_failure is not None:
+                        original = await self._report(call, on_failure, original, fault)
                     call.in_attempt = False
-                    delay = self._after_failure(call, exc, idempotent)  # raises when the call ends here
+                    delay = self._after_failure(call, exc, original, fault, idempotent)  # raises when the call ends
                     if delay > 0 and not self.breaker.is_open():
                         await self._backoff(delay)
                 else:
@@ -163,12 +174,24 @@ class CallPipeline:
                 CALL_DEADLINE.reset(cleared)
 
     # -- the ways a call goes on or ends ---------------------------------------------------------------------------
-    def _after_failure(self, call: _Call, exc: Exception, idempotent: bool) -> float:
-        """A failed attempt: tell the breaker what it needs to know and return the wait before the next attempt, or
-        raise what the call ends with (the caller's error, OutcomeUnknownError, PoolExhaustedError, or
-        ServiceUnavailableError once the policy gives up)."""
+    async def _report(
+        self, call: _Call, on_failure: FailureHook, original: BaseException, fault: Fault
+    ) -> BaseException:
+        """Tell ``on_failure`` of a failed attempt; the error to report from here on."""
+        if self._activate_span:
+            with self.telemetry.activate(call.span):
+                replacement = await on_failure(original, fault)
+        else:
+            replacement = await on_failure(original, fault)
+        return original if replacement is None else replacement
+
+    def _after_failure(
+        self, call: _Call, exc: Exception, original: BaseException, fault: Fault, idempotent: bool
+    ) -> float:
+        """A failed attempt (``exc`` as raised, ``original`` and ``fault`` as classified): tell the breaker what it
+        needs to know and return the wait before the next attempt, or raise what the call ends with (the caller's
+        error, OutcomeUnknownError, PoolExhaustedError, or ServiceUnavailableError once the policy gives up)."""
         operation, tel = call.operation, self.telemetry
-        original, fault = self._classify(exc)
         if fault is Fault.CALLER:
             self.breaker.release(call.ticket)
             call.owed = None  # the server answered
