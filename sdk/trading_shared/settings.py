@@ -103,6 +103,18 @@ class PostgresSettings(PostgresOldNames, BaseSettings):
     application_name: str = Field(default="trading-shared", max_length=63)
     ssl: _SSL_MODES | None = Field(default=None, description="libpq sslmode; None leaves the DSN's choice.")
     statement_spans: bool = Field(default=False, description="Child span per SQL statement (instrumentation-asyncpg).")
+    query_text: bool = Field(
+        default=True,
+        description="Put db.query.text on spans: the statement with every literal replaced by ? and comments "
+        "removed (parameters are never recorded). False leaves only the query summary.",
+    )
+    query_summary_cap: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="Distinct db.query.summary values the client's metrics may carry; later ones are recorded as "
+        "_OTHER and counted by trading_shared.db.query_summary.overflow.",
+    )
     pool_timing_metrics: bool = Field(
         default=True,
         description="Record the pool's wait_time and use_time per call. False saves two histogram points per call "
