@@ -102,13 +102,21 @@ async def test_copy_records_and_identifier_quoting(make_pg: Callable[..., Postgr
 
 
 async def test_reads_are_idempotent_writes_are_not_unless_said(make_pg: Callable[..., PostgresClient]) -> None:
+    from trading_shared.postgres.client import _idempotent
+
     pg = make_pg()
-    assert pg._idempotent("SELECT * FROM t", None) is True
-    assert pg._idempotent("  -- comment\n WITH x AS (SELECT 1) SELECT * FROM x", None) is True
-    assert pg._idempotent("INSERT INTO t VALUES (1) RETURNING id", None) is False
-    assert pg._idempotent("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", None) is False
-    assert pg._idempotent("SELECT nextval('s')", None) is False
-    assert pg._idempotent("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", True) is True
+
+    def idempotent(query: str, given: bool | None) -> bool:
+        return _idempotent(pg._telemetry.statement("fetch", query), query, given)
+
+    assert idempotent("SELECT * FROM t", None) is True
+    assert idempotent("  -- comment\n WITH x AS (SELECT 1) SELECT * FROM x", None) is True
+    assert idempotent("INSERT INTO t VALUES (1) RETURNING id", None) is False
+    assert idempotent("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", None) is False
+    assert idempotent("SELECT nextval('s')", None) is False
+    assert idempotent("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", True) is True
+    assert idempotent("SELECT * FROM t", None) is True  # the cached answer, read from the operation
+    assert pg._telemetry.statement("fetch", "SELECT nextval('s')").readonly is False
 
 
 async def test_session_state_never_leaks_to_the_next_caller(make_pg: Callable[..., PostgresClient]) -> None:

@@ -25,24 +25,28 @@ async def test_one_client_span_per_call_with_semconv_attributes_and_no_parameter
         await pg.fetchval("SELECT $1::text", SECRET_PARAM)
         with pytest.raises(Exception, match="syntax"):
             await pg.fetch("SELEC 1")
-    (span,) = otel.spans("fetchval")
+    (span,) = otel.spans("SELECT")
     assert span.kind is SpanKind.CLIENT
     db = pg_dsn.rsplit("/", 1)[1]
-    assert span.name == f"fetchval {db}"
+    assert span.name == "SELECT"  # the query summary: the statement names no table
     attrs = dict(span.attributes or {})
     assert attrs[names.DB_SYSTEM_NAME] == "postgresql"
-    assert attrs[names.DB_OPERATION_NAME] == "fetchval"
+    assert attrs[names.DB_OPERATION_NAME] == "SELECT"
+    assert attrs[names.DB_QUERY_SUMMARY] == "SELECT"
+    assert attrs[names.METHOD] == "fetchval"
+    assert attrs[names.DB_QUERY_TEXT] == "SELECT $1::text"  # parameterised text, on by default
     assert attrs[names.DB_NAMESPACE] == db
     assert attrs[names.SERVER_ADDRESS] == "127.0.0.1"
     assert isinstance(attrs[names.SERVER_PORT], int)
-    (failed,) = otel.spans("fetch ")
+    (failed,) = otel.spans("UNKNOWN")  # "SELEC 1" has no operation the summary could name
     assert failed.status.status_code is StatusCode.ERROR
     assert failed.attributes is not None
+    assert failed.attributes[names.METHOD] == "fetch"
     assert failed.attributes[names.ERROR_TYPE] == "42601"
     assert failed.attributes[names.DB_RESPONSE_STATUS_CODE] == "42601"
+    assert failed.attributes[names.DB_QUERY_TEXT] == "SELEC ?"  # the literal 1 replaced
     text = otel.everything_as_text()
     assert SECRET_PARAM not in text
-    assert "SELECT $1" not in text  # no query text by default either
 
 
 async def test_metrics_cover_operations_pool_and_breaker(make_pg: Callable[..., PostgresClient], otel: Otel) -> None:
@@ -55,8 +59,10 @@ async def test_metrics_cover_operations_pool_and_breaker(make_pg: Callable[..., 
         assert [v for _, v in otel.points(names.CONNECTION_PENDING_REQUESTS)] == [0]
         states = {a[names.BREAKER_STATE_ATTR]: v for a, v in otel.points(names.BREAKER_STATE)}
         assert states == {"closed": 1, "open": 0, "half_open": 0}
-    (duration,) = [(a, n) for a, n in otel.points(names.OPERATION_DURATION) if a[names.DB_OPERATION_NAME] == "fetchval"]
+    (duration,) = [(a, n) for a, n in otel.points(names.OPERATION_DURATION) if a.get(names.DB_QUERY_SUMMARY)]
     assert duration[1] == 5
+    assert duration[0][names.DB_QUERY_SUMMARY] == "SELECT pg_sleep"
+    assert duration[0][names.DB_OPERATION_NAME] == "pg_sleep"  # the function a SELECT fn() calls
     assert duration[0][names.POOL_NAME] == "postgres"
     assert names.ERROR_TYPE not in duration[0]
     for metric in (names.CONNECTION_WAIT_TIME, names.CONNECTION_USE_TIME, names.CONNECTION_CREATE_TIME):
@@ -108,7 +114,7 @@ async def test_statement_spans_are_opt_in_children_without_reset_noise(
     async with make_pg(statement_spans=True) as pg:
         await pg.fetchval("SELECT $1::int", 5)
         await asyncio.sleep(0.05)  # let the background release (and its reset query) run
-    (parent,) = otel.spans("fetchval")
+    (parent,) = [s for s in otel.spans() if s.parent is None and (s.attributes or {}).get(names.METHOD) == "fetchval"]
     children = [s for s in otel.spans_exporter.get_finished_spans() if s.parent is not None]
     assert [c.parent.span_id for c in children] == [parent.context.span_id]  # type: ignore[union-attr]
     (child,) = children
@@ -123,7 +129,7 @@ async def test_statement_spans_are_opt_in_children_without_reset_noise(
         await pg.fetchval("SELECT 1")
         await asyncio.sleep(0.05)
     spans = otel.spans_exporter.get_finished_spans()
-    assert "fetchval" in [s.name.split()[0] for s in spans], [s.name for s in spans]  # spans were recorded
+    assert "fetchval" in [(s.attributes or {}).get(names.METHOD) for s in spans], [s.name for s in spans]  # recorded
     assert [s.name for s in spans if s.parent is not None] == []  # and none of them is a statement span
 
 
@@ -157,7 +163,7 @@ def test_global_providers_set_after_the_client_was_built_are_used(pg_dsn: str) -
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.strip() == "['fetchval'] True"
+    assert out.stdout.strip() == "['SELECT'] True"  # the span of the second call, named by its summary
 
 
 async def test_pool_timing_metrics_can_be_switched_off(make_pg: Callable[..., PostgresClient], otel: Otel) -> None:

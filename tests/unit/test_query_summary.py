@@ -12,8 +12,11 @@ CASES = [
      None),
     ("INSERT INTO ohlc (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = EXCLUDED.b", "INSERT ohlc", "INSERT",
      "ohlc"),
-    ("SELECT bulk_upsert_instruments($1::jsonb)", "SELECT bulk_upsert_instruments", "SELECT",
-     "bulk_upsert_instruments"),
+    ("SELECT bulk_upsert_instruments($1::jsonb)", "SELECT bulk_upsert_instruments", "bulk_upsert_instruments", None),
+    ("CALL archive_trades($1)", "CALL archive_trades", "archive_trades", None),
+    ("SELECT 40 + $1::int", "SELECT", "SELECT", None),
+    ("CREATE TABLE t (id int); GRANT ALL ON t TO r", "CREATE t GRANT", None, None),
+    ("SELECT * FROM t WHERE id = $1;", "SELECT t", "SELECT", "t"),
     ("INSERT INTO ohlc SELECT * FROM _ts_stage ON CONFLICT DO NOTHING", "INSERT ohlc SELECT _ts_stage", "INSERT", None),
     ("UPDATE orders SET status = 'filled' WHERE id = 42", "UPDATE orders", "UPDATE", "orders"),
     ("DELETE FROM trades WHERE ts < now() - interval '1 day'", "DELETE trades", "DELETE", "trades"),
@@ -42,6 +45,24 @@ def test_no_literal_survives_in_the_text(literal: str) -> None:
     names = summarise(f"SELECT * FROM accounts WHERE token = {literal} AND id = $1")
     assert names.text == "SELECT * FROM accounts WHERE token = ? AND id = $1"
     assert "s3cret" not in names.summary and "s3cret" not in names.text
+
+
+@pytest.mark.parametrize(
+    ("statement", "procedure", "keyword"),
+    [("SELECT bulk_upsert_instruments($1)", "bulk_upsert_instruments", "SELECT"), ("CALL p()", "p", "CALL"),
+     ("SELECT count(*) FROM t", None, "SELECT"), ("SELECT 1; SELECT f()", None, None)],
+)  # fmt: skip
+def test_functions_and_procedures_are_named_apart_from_the_sql_keyword(
+    statement: str, procedure: str | None, keyword: str | None
+) -> None:
+    names = summarise(statement)
+    assert (names.procedure, names.keyword) == (procedure, keyword)
+
+
+def test_comments_are_removed_from_the_text() -> None:
+    names = summarise("/* trace 'x' */ SELECT id FROM t -- s3cret note\nWHERE id = $1 /* s3cret */")
+    assert names.text == "SELECT id FROM t \nWHERE id = $1"
+    assert names.summary == "SELECT t"
 
 
 def test_summaries_are_cached_up_to_a_bound_and_stay_right_past_it() -> None:

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import asyncpg
 
+if TYPE_CHECKING:
+    from .query_telemetry import PostgresTelemetry, SqlOperation
+
 T = TypeVar("T")
 _log = logging.getLogger("trading_shared.postgres.client")
 _STATUS_COUNT = re.compile(r"(\d+)$")
@@ -54,12 +57,15 @@ class CopyUpsert:
         keys = ", ".join(quote_ident(k) for k in key_columns)
         self.columns = list(columns)
         self.create_sql = f"CREATE TEMP TABLE IF NOT EXISTS _ts_stage (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP"
+        #: What asyncpg sends for the COPY (for telemetry: the three statements in order).
+        self.copy_sql = f"COPY _ts_stage ({cols}) FROM STDIN (FORMAT binary)"
         action = (
             "DO UPDATE SET " + ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in updates)
             if updates
             else "DO NOTHING"
         )
         self.merge_sql = f"INSERT INTO {target} ({cols}) SELECT {cols} FROM _ts_stage ON CONFLICT ({keys}) {action}"
+        self.statements = (self.create_sql, self.copy_sql, self.merge_sql)
 
     async def run(self, conn: asyncpg.Connection, rows: list[Sequence[Any]]) -> int:
         """Stage and merge ``rows``; returns the rows inserted or updated."""
@@ -73,6 +79,7 @@ class BulkMethods:
     """:class:`~trading_shared.PostgresClient`'s bulk writes: the jsonb[] upsert function and the COPY paths."""
 
     if TYPE_CHECKING:
+        _telemetry: PostgresTelemetry
 
         async def _run(
             self,
@@ -85,14 +92,14 @@ class BulkMethods:
             """Provided by PostgresClient."""
             ...
 
-        async def transaction(
+        async def _transaction(
             self,
+            op: SqlOperation,
             fn: Callable[[asyncpg.Connection], Awaitable[T]],
             *,
             isolation: Literal["read_committed", "repeatable_read", "serializable"] = "read_committed",
             readonly: bool = False,
             idempotent: bool = False,
-            operation: str = "transaction",
         ) -> T:
             """Provided by PostgresClient."""
             ...
@@ -106,7 +113,8 @@ class BulkMethods:
         if not instruments:
             return 0
         payload = with_exchange(instruments, exchange_name)
-        await self._run("bulk_upsert_instruments", lambda c: c.execute(LEGACY_UPSERT_SQL, payload), True)
+        op = self._telemetry.statement("bulk_upsert_instruments", LEGACY_UPSERT_SQL)
+        await self._run(op, lambda c: c.execute(LEGACY_UPSERT_SQL, payload), True)
         _log.info("bulk-upserted %d instruments for one exchange", len(payload))
         return len(payload)
 
@@ -123,23 +131,30 @@ class BulkMethods:
         """Bulk upsert through COPY into a temporary staging table, then one ``INSERT .. ON CONFLICT``.
 
         The fastest write path for large batches (several times the jsonb-function path). Keyed, so safe to
-        re-send; atomic (one transaction). Returns the number of rows inserted or updated.
+        re-send; atomic (one transaction). Returns the number of rows inserted or updated. In telemetry it is a batch
+        of its three statements (``CREATE _ts_stage COPY _ts_stage INSERT {table} SELECT _ts_stage``).
         """
         rows = list(records)
         if not rows:
             return 0
         plan = CopyUpsert(table, columns, key_columns, update_columns, schema)
-        return await self.transaction(lambda c: plan.run(c, rows), idempotent=True, operation="copy_upsert")
+        op = self._telemetry.statements("copy_upsert", plan.statements)
+        return await self._transaction(op, lambda c: plan.run(c, rows), idempotent=True)
 
     async def copy_records(
         self, table: str, records: Iterable[Sequence[Any]], *, columns: Sequence[str], schema: str | None = None
     ) -> int:
-        """Plain COPY of rows into ``table`` (atomic, not keyed: never re-sent once it may have been applied)."""
+        """Plain COPY of rows into ``table`` (atomic, not keyed: never re-sent once it may have been applied).
+
+        In telemetry it is one operation, ``COPY {schema.table}``, however many rows it carries.
+        """
         rows = list(records)
         if not rows:
             return 0
+        target = f"{schema}.{table}" if schema else table
+        op = self._telemetry.named("copy_records", f"COPY {target}", "COPY", collection=target, fallback="COPY")
         status: str = await self._run(
-            "copy_records",
+            op,
             lambda c: c.copy_records_to_table(table, records=rows, columns=list(columns), schema_name=schema),
             False,
         )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import re
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -21,14 +22,13 @@ from ..resilience.deadline import CallSteps
 from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
 from ..resilience.pipeline import CallPipeline
 from ..settings import PostgresSettings
-from ..telemetry import names
-from ..telemetry.client import ClientTelemetry
 from ..telemetry.instruments import PoolStats
 from . import connections
 from .bulk import BulkMethods
 from .classify import PostgresErrors, ReadOnlyServerError
 from .legacy import LegacyMethods
 from .pool import PoolGate, create_gate
+from .query_telemetry import PostgresTelemetry, SqlOperation
 from .statement_spans import end_statement_scope, statement_scope
 
 T = TypeVar("T")
@@ -59,6 +59,10 @@ class PostgresClient(BulkMethods, LegacyMethods):
     primary) is known not to have been applied, so the pool is expired and the write re-sent to the new primary.
     With ``replica_dsn``, reads passed ``replica=True`` go to a replica through a second pool with its own breaker
     (:attr:`replica`): a failing replica never opens the primary's breaker.
+
+    Telemetry names each call by its statement (docs/metrics.md#postgresql-query-summaries): the span is named by
+    ``db.query.summary`` (``SELECT instruments``), computed once per distinct statement text. Where the SQL is
+    generated, pass ``summary="load instruments"`` to name the call yourself (keep it low-cardinality).
     """
 
     def __init__(
@@ -71,8 +75,9 @@ class PostgresClient(BulkMethods, LegacyMethods):
         self.settings = settings if settings is not None else PostgresSettings()
         host, port, database = self.settings.target()
         self._tracer_provider = tracer_provider
-        self._telemetry = ClientTelemetry(
-            system=names.SYSTEM_POSTGRESQL,
+        self._telemetry = PostgresTelemetry(
+            query_text=self.settings.query_text,
+            summary_cap=self.settings.query_summary_cap,
             pool_name=self.settings.name,
             namespace=database,
             address=host,
@@ -91,7 +96,6 @@ class PostgresClient(BulkMethods, LegacyMethods):
         )
         self._gate: PoolGate | None = None
         self._lock = asyncio.Lock()
-        self._readonly_cache: dict[str, bool] = {}
         self._writable = True  # False for the replica endpoint: a 25006 there is the caller's write, not a failover
         self._replica: PostgresClient | None = None
         if self.settings.replica_dsn is not None:
@@ -153,18 +157,40 @@ class PostgresClient(BulkMethods, LegacyMethods):
         return self._replica
 
     # -- statements ----------------------------------------------------------------------------------------------------
-    async def execute(self, query: str, *args: Any, timeout: float | None = None, idempotent: bool = False) -> int:
-        """Run a statement; returns the number of rows it affected (0 for statements that report none)."""
-        status: str = await self._run("execute", lambda c: c.execute(query, *args, timeout=timeout), idempotent)
+    async def execute(
+        self,
+        query: str,
+        *args: Any,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        summary: str | None = None,
+    ) -> int:
+        """Run a statement; returns the number of rows it affected (0 for statements that report none).
+
+        ``summary`` (every statement method takes it) names the call in telemetry instead of the summary computed
+        from ``query``: for generated SQL. Keep it low-cardinality (a name, never a value).
+        """
+        op = self._telemetry.statement("execute", query, summary)
+        status: str = await self._run(op, lambda c: c.execute(query, *args, timeout=timeout), idempotent)
         found = _STATUS_COUNT.search(status)
         return int(found.group(1)) if found else 0
 
     async def executemany(
-        self, query: str, args: Iterable[Sequence[Any]], *, timeout: float | None = None, idempotent: bool = False
+        self,
+        query: str,
+        args: Iterable[Sequence[Any]],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        summary: str | None = None,
     ) -> None:
-        """Run a statement once per argument tuple, atomically (asyncpg runs it in one implicit transaction)."""
+        """Run a statement once per argument tuple, atomically (asyncpg runs it in one implicit transaction).
+
+        Two or more tuples are a batch in telemetry (``BATCH INSERT ohlc``, ``db.operation.batch.size``).
+        """
         rows = list(args)
-        await self._run("executemany", lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
+        op = self._telemetry.batch("executemany", query, len(rows), summary)
+        await self._run(op, lambda c: c.executemany(query, rows, timeout=timeout), idempotent)
 
     async def fetch(
         self,
@@ -173,12 +199,16 @@ class PostgresClient(BulkMethods, LegacyMethods):
         timeout: float | None = None,
         idempotent: bool | None = None,
         replica: bool = False,
+        summary: str | None = None,
     ) -> list[asyncpg.Record]:
         """Run a query and return all rows. ``replica=True``: a replica may serve it (see :attr:`replica`)."""
         if replica and self._replica is not None:
-            return await self._on_replica(lambda c: c.fetch(query, *args, timeout=timeout, idempotent=idempotent))
+            return await self._on_replica(
+                lambda c: c.fetch(query, *args, timeout=timeout, idempotent=idempotent, summary=summary)
+            )
+        op = self._telemetry.statement("fetch", query, summary)
         result: list[asyncpg.Record] = await self._run(
-            "fetch", lambda c: c.fetch(query, *args, timeout=timeout), self._idempotent(query, idempotent)
+            op, lambda c: c.fetch(query, *args, timeout=timeout), _idempotent(op, query, idempotent)
         )
         return result
 
@@ -189,12 +219,16 @@ class PostgresClient(BulkMethods, LegacyMethods):
         timeout: float | None = None,
         idempotent: bool | None = None,
         replica: bool = False,
+        summary: str | None = None,
     ) -> asyncpg.Record | None:
         """Run a query and return its first row, or None. ``replica=True``: a replica may serve it."""
         if replica and self._replica is not None:
-            return await self._on_replica(lambda c: c.fetchrow(query, *args, timeout=timeout, idempotent=idempotent))
+            return await self._on_replica(
+                lambda c: c.fetchrow(query, *args, timeout=timeout, idempotent=idempotent, summary=summary)
+            )
+        op = self._telemetry.statement("fetchrow", query, summary)
         result: asyncpg.Record | None = await self._run(
-            "fetchrow", lambda c: c.fetchrow(query, *args, timeout=timeout), self._idempotent(query, idempotent)
+            op, lambda c: c.fetchrow(query, *args, timeout=timeout), _idempotent(op, query, idempotent)
         )
         return result
 
@@ -206,16 +240,20 @@ class PostgresClient(BulkMethods, LegacyMethods):
         timeout: float | None = None,
         idempotent: bool | None = None,
         replica: bool = False,
+        summary: str | None = None,
     ) -> Any:
         """Run a query and return one value of its first row, or None. ``replica=True``: a replica may serve it."""
         if replica and self._replica is not None:
             return await self._on_replica(
-                lambda c: c.fetchval(query, *args, column=column, timeout=timeout, idempotent=idempotent)
+                lambda c: c.fetchval(
+                    query, *args, column=column, timeout=timeout, idempotent=idempotent, summary=summary
+                )
             )
+        op = self._telemetry.statement("fetchval", query, summary)
         return await self._run(
-            "fetchval",
+            op,
             lambda c: c.fetchval(query, *args, column=column, timeout=timeout),
-            self._idempotent(query, idempotent),
+            _idempotent(op, query, idempotent),
         )
 
     async def transaction(
@@ -225,7 +263,8 @@ class PostgresClient(BulkMethods, LegacyMethods):
         isolation: Isolation = "read_committed",
         readonly: bool = False,
         idempotent: bool = False,
-        operation: str = "transaction",
+        summary: str | None = None,
+        operation: str | None = None,
     ) -> T:
         """Run ``fn(connection)`` in a transaction and return its result; re-run it whole when that is safe.
 
@@ -233,7 +272,28 @@ class PostgresClient(BulkMethods, LegacyMethods):
         was sent (the server then rolled the transaction back). A failure during COMMIT is re-run only when
         ``idempotent`` is true; otherwise it raises OutcomeUnknownError. ``fn`` may therefore run more than once:
         keep side effects outside the database out of it, and do not keep the connection after it returns.
+
+        ``summary`` names it in telemetry (``db.query.summary`` and ``db.operation.name``; default
+        ``transaction``); keep it low-cardinality. ``operation`` is its deprecated older name.
         """
+        if operation is not None:
+            warnings.warn(
+                "PostgresClient.transaction(operation=...) is deprecated; use summary=...", DeprecationWarning, 2
+            )
+        name = summary or operation or "transaction"
+        op = self._telemetry.named("transaction", name, name)
+        return await self._transaction(op, fn, isolation=isolation, readonly=readonly, idempotent=idempotent)
+
+    async def _transaction(
+        self,
+        op: SqlOperation,
+        fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        isolation: Isolation = "read_committed",
+        readonly: bool = False,
+        idempotent: bool = False,
+    ) -> T:
+        """:meth:`transaction`, named by ``op``."""
 
         async def body(conn: asyncpg.Connection) -> T:
             tx = conn.transaction(isolation=isolation, readonly=readonly)
@@ -257,17 +317,19 @@ class PostgresClient(BulkMethods, LegacyMethods):
             await tx.commit()  # a failure here may or may not have committed
             return result
 
-        return await self._run(operation, body, idempotent)
+        return await self._run(op, body, idempotent)
 
     async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:
         """Run ``fn`` on a pooled connection through the pipeline (for operations the client lacks).
 
-        ``operation`` names it in telemetry (keep it low-cardinality); ``idempotent`` says ``fn`` may be run again
+        ``operation`` names it in telemetry, as its ``db.query.summary`` and ``db.operation.name`` (keep it
+        low-cardinality: a name, never a value); ``idempotent`` says ``fn`` may be run again
         after its requests may have reached the server. ``fn`` may send several statements, each committed on its
         own: once it has been called, any failure counts as possibly applied, so a non-idempotent ``fn`` is never
         run twice (use :meth:`transaction` for several statements that must apply together).
         """
-        return await self._run(operation, fn, idempotent, several_requests=True)
+        op = self._telemetry.named("run", operation, operation)
+        return await self._run(op, fn, idempotent, several_requests=True)
 
     async def _run(
         self,
@@ -338,16 +400,6 @@ class PostgresClient(BulkMethods, LegacyMethods):
         with steps.next():  # the fallback gets what the replica left
             return await read(self)
 
-    def _idempotent(self, query: str, given: bool | None) -> bool:
-        if given is not None:
-            return given
-        known = self._readonly_cache.get(query)
-        if known is None:
-            known = bool(_READ_START.match(query)) and not _WRITE_WORD.search(query)
-            if len(self._readonly_cache) < 10_000:
-                self._readonly_cache[query] = known
-        return known
-
     async def _create_gate(self) -> PoolGate:
         return await create_gate(self.settings, self._telemetry, self._tracer_provider)
 
@@ -357,3 +409,13 @@ class PostgresClient(BulkMethods, LegacyMethods):
 
     def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
         return [(self._telemetry.pool_attributes, self.breaker.state.value)]
+
+
+def _idempotent(op: SqlOperation, query: str, given: bool | None) -> bool:
+    """``given``, else whether ``query`` only reads (cached on the operation, made once per statement text)."""
+    if given is not None:
+        return given
+    known = op.readonly
+    if known is None:
+        known = op.readonly = bool(_READ_START.match(query)) and not _WRITE_WORD.search(query)
+    return known

@@ -2,8 +2,11 @@
 
 Following the OpenTelemetry database conventions, a statement is summarised as its operations and their targets in
 the order they appear (``SELECT instruments``, ``INSERT ohlc SELECT _ts_stage``, ``SELECT bulk_upsert_instruments``),
-and its text is kept with every literal replaced by ``?`` (asyncpg sends values separately as ``$1``, ``$2``...,
-which stay; a literal written into the text could still be a value, so it never survives). Parsing is a small
+and its text is kept with every literal replaced by ``?`` and every comment removed (asyncpg sends values separately
+as ``$1``, ``$2``..., which stay; a literal written into the text could still be a value, so it never survives, and a
+comment can carry anything, e.g. a sqlcommenter trace id). A function called as ``SELECT fn(...)`` with no table,
+or a procedure after ``CALL``, is the statement's ``db.stored_procedure.name`` and its ``db.operation.name``. A text of
+several statements has no single operation (``operation`` is None). Parsing is a small
 tokenizer, not a SQL parser: comments and literals are skipped, identifiers (quoted or not, schema-qualified) are
 read after ``FROM``, ``JOIN``, ``INTO``, ``UPDATE``, ``TABLE``, ``COPY`` and ``CALL``, and a function called right
 after ``SELECT`` counts as its target.
@@ -60,13 +63,21 @@ class QueryNames:
     """What the conventions name a statement by."""
 
     summary: str
+    #: The SQL operation (``SELECT``, ``INSERT``...), or the function/procedure called; None for several statements.
     operation: str | None
+    #: The one table the statement touches, or None (none, several, or several statements).
     collection: str | None
     text: str
+    #: The function of ``SELECT fn(...)`` (no table) or the procedure of ``CALL``, else None.
+    procedure: str | None = None
+    #: The statement's first SQL keyword (``SELECT`` even when ``operation`` names a function), or None.
+    keyword: str | None = None
+    #: How many statements the text holds (``;``-separated).
+    statements: int = 1
 
 
 def summarise(statement: str) -> QueryNames:
-    """Summary, operation, single collection (if exactly one) and the literal-free text of ``statement``."""
+    """Summary, operation, single collection (if exactly one) and the literal- and comment-free text."""
     text: list[str] = []
     tokens: list[tuple[str, str]] = []  # (kind, value) without comments and literals
     position = 0
@@ -78,9 +89,10 @@ def summarise(statement: str) -> QueryNames:
             text.append("?")
             tokens.append(("literal", "?"))
             continue
+        if kind == "comment":
+            continue
         text.append(match.group())
-        if kind != "comment":
-            tokens.append((kind, match.group()))
+        tokens.append((kind, match.group()))
     text.append(statement[position:])
     pieces: list[str] = []
     operations: list[str] = []
@@ -90,6 +102,7 @@ def summarise(statement: str) -> QueryNames:
     starts_with = tokens[0][1].upper() if tokens and tokens[0][0] == "word" else ""
     at_start = True
     i, count = 0, len(tokens)
+    statements = 1 + sum(1 for k, v in tokens[:-1] if k == "other" and ";" in v)
     while i < count:
         kind, value = tokens[i]
         previous = tokens[i - 1] if i else ("", "")
@@ -125,17 +138,25 @@ def summarise(statement: str) -> QueryNames:
                 i = after
                 continue
         i += 1
+    keyword = operations[0] if operations else None
+    procedure = None
     if not targets and functions:
         pieces.insert(pieces.index("SELECT") + 1, functions[0])
-        targets.append(functions[0])
+        procedure = functions[0]
+    elif keyword == "CALL" and targets:
+        procedure, targets = targets[0], []
     summary = " ".join(pieces) or "UNKNOWN"
     if len(summary) > MAX_SUMMARY:
         summary = summary[:MAX_SUMMARY].rsplit(" ", 1)[0]
+    single = statements == 1
     return QueryNames(
         summary=summary,
-        operation=operations[0] if operations else None,
-        collection=targets[0] if len(set(targets)) == 1 else None,
-        text="".join(text),
+        operation=(procedure or keyword) if single else None,
+        collection=targets[0] if single and len(set(targets)) == 1 else None,
+        text="".join(text).strip(),
+        procedure=procedure if single else None,
+        keyword=keyword if single else None,
+        statements=statements,
     )
 
 
@@ -154,10 +175,13 @@ def _name_at(tokens: list[tuple[str, str]], i: int) -> tuple[str | None, int]:
 
 
 class QuerySummaries:
-    """:func:`summarise` computed once per distinct statement text, for at most ``max_entries`` texts."""
+    """:func:`summarise` computed once per distinct statement text, for at most ``max_entries`` texts holding at
+    most ``max_chars`` characters in all (so memory stays bounded however long the statements are); texts past
+    either bound are summarised on every call."""
 
-    def __init__(self, max_entries: int = 1000) -> None:
+    def __init__(self, max_entries: int = 1000, max_chars: int = 1_000_000) -> None:
         self._max = max_entries
+        self._chars_left = max_chars
         self._known: dict[str, QueryNames] = {}
 
     def __call__(self, statement: str) -> QueryNames:
@@ -165,7 +189,8 @@ class QuerySummaries:
         found = self._known.get(statement)
         if found is None:
             found = summarise(statement)
-            if len(self._known) < self._max:
+            if len(self._known) < self._max and len(statement) <= self._chars_left:
+                self._chars_left -= len(statement)
                 self._known[statement] = found
         return found
 
