@@ -260,6 +260,28 @@ class RedisSettings(RedisOldNames, BaseSettings):
     wait_timeout: float = Field(
         default=0.5, gt=0, le=60, description="Seconds WAIT may take; must be below socket_timeout."
     )
+    stream_trace_context: bool = Field(
+        default=True,
+        description="Write the W3C trace context into each appended stream entry as one extra field, traceparent "
+        "(read back and removed from the fields by this SDK). False for streams foreign consumers read "
+        "(docs/stream-telemetry.md).",
+    )
+    telemetry_streams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Streams named in telemetry: 'stream' (named), or 'stream=group' (named, and the group's lag, "
+        "pending and oldest-pending age observed). Other streams appear as _undeclared (env: comma-separated or "
+        "a JSON list).",
+    )
+    stream_health_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds one refresh of a stream's health figures may take."
+    )
+    stream_health_max_age: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stream's health figures are exported after they were read; older ones are dropped "
+        "(the series go absent while the server cannot be read).",
+    )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
 
@@ -267,6 +289,27 @@ class RedisSettings(RedisOldNames, BaseSettings):
     @classmethod
     def _old_names(cls, data: Any) -> Any:
         return settings_aliases.apply(data, settings_aliases.REDIS_ALIASES, "RedisSettings")
+
+    @field_validator("telemetry_streams", mode="before")
+    @classmethod
+    def _split_streams(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("must be stream or stream=group items, comma-separated or a JSON list") from None
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    def stream_declarations(self) -> list[tuple[str, str | None]]:
+        """:attr:`telemetry_streams` as ``(stream, group or None)`` pairs (``a=b`` splits at the last ``=``)."""
+        out: list[tuple[str, str | None]] = []
+        for item in self.telemetry_streams:
+            stream, sep, group = item.rpartition("=")
+            out.append((stream, group) if sep and stream and group else (item, None))
+        return out
 
     @field_validator("sentinels", "cluster_nodes", mode="before")
     @classmethod

@@ -1,26 +1,40 @@
 """The stream commands of RedisClient: XADD, bulk appends, consumer groups, reads, acknowledgements, dead letters.
 
-Stream semantics (dedupe keys, scripts, entry parsing) live in :mod:`.streams`; bulk appends in :mod:`.bulk`.
+Stream semantics (dedupe keys, scripts, entry parsing) live in :mod:`.streams`; bulk appends in :mod:`.bulk`; their
+messaging spans, trace context and metrics in :mod:`.stream_tracing` (docs/stream-telemetry.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.exceptions as rex
 
+from ..telemetry import names
+from ..telemetry.client import SPAN_SHAPE, SpanShape
+from . import stream_tracing as st
 from . import streams
 from .bulk import BulkAppender
 from .classify import error_code
-from .dispatch import RedisBase
 from .endpoints import Key
 from .pool import Commands
+from .stream_observe import StreamTelemetry
 from .streams import ClaimResult, Fields, StreamEntry
 
+T = TypeVar("T")
 
-class StreamCommands(RedisBase):
+
+class StreamCommands(StreamTelemetry):
     """Stream commands (mixed into :class:`~trading_shared.RedisClient`)."""
+
+    async def _shaped(self, shape: SpanShape, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one call with its span shaped as ``shape`` (see :mod:`.stream_tracing`)."""
+        token = SPAN_SHAPE.set(shape)
+        try:
+            return await call()
+        finally:
+            SPAN_SHAPE.reset(token)
 
     async def xadd(
         self,
@@ -30,30 +44,50 @@ class StreamCommands(RedisBase):
         id: str | bytes = "*",
         maxlen: int | None = None,
         approximate: bool = True,
+        trace_context: bool | None = None,
     ) -> bytes:
         """XADD one entry; returns its ID.
 
         With ``id="*"`` the server assigns the ID and a failure after sending raises OutcomeUnknownError. With an
         explicit ``<ms>-<seq>`` ID the call is safe to re-send: a retry adds the entry only if it is not there yet.
+        The entry carries the call's trace context in a ``traceparent`` field (``trace_context``, default the
+        ``stream_trace_context`` setting), unless ``fields`` has one already.
         """
         streams.check_maxlen(maxlen)
         args = streams.xadd_args(fields, id, maxlen, approximate)
-        if not streams.is_explicit_id(id):
-            result = await self._call(
-                "XADD", lambda r: r.execute_command("XADD", stream, *args), idempotent=False, key=stream, write=True
-            )
-            return bytes(result)
-        streams.check_field_count(fields, 0)  # a re-send goes through a script (Lua unpack limit)
+        shape = self._streams.shape("XADD", stream, None, st.SEND)
+        context = self.settings.stream_trace_context if trace_context is None else trace_context
+        if context and st.has_traceparent(fields):
+            context = False
+        explicit = streams.is_explicit_id(id)
+        if explicit:
+            streams.check_field_count(fields, 0)  # a re-send goes through a script (Lua unpack limit)
         tries = 0
 
         async def add(r: Commands) -> Any:
             nonlocal tries
             tries += 1
-            if tries == 1:
-                return await r.execute_command("XADD", stream, *args)
-            return await streams.XADD_IF_ABSENT.run(r, [streams.as_key(stream)], [id, *args])
+            sent = args
+            if context:
+                value = st.current_traceparent(shape)
+                sent = args if value is None else [*args, streams.TRACEPARENT, value]
+            if tries == 1 or not explicit:
+                result = await r.execute_command("XADD", stream, *sent)
+            else:
+                result = await streams.XADD_IF_ABSENT.run(r, [streams.as_key(stream)], [id, *sent])
+            if shape.span is not None:
+                shape.span.set_attribute(names.MESSAGING_MESSAGE_ID, bytes(result).decode(errors="replace"))
+            return result
 
-        return bytes(await self._call("XADD", add, idempotent=True, key=stream, write=True))
+        try:
+            result = await self._shaped(
+                shape, lambda: self._call("XADD", add, idempotent=explicit, key=stream, write=True)
+            )
+        except Exception as exc:
+            self._streams.sent(stream, 1, exc)
+            raise
+        self._streams.sent(stream, 1)
+        return bytes(result)
 
     async def xadd_bulk(
         self,
@@ -65,6 +99,7 @@ class StreamCommands(RedisBase):
         chunk_size: int = 500,
         dead_letter: bool = True,
         dedupe_ttl: int = streams.DEFAULT_DEDUPE_TTL,
+        trace_context: bool | None = None,
     ) -> int:
         """Append ``messages`` to ``stream`` in order, in chunks, without duplicates; returns how many were added.
 
@@ -74,20 +109,43 @@ class StreamCommands(RedisBase):
         (when ``dead_letter`` and the server takes them) and :class:`~trading_shared.errors.BulkWriteError` names
         the input indexes not written, of unknown outcome, and dead-lettered. Messages are validated first: a bad
         one raises ValueError/TypeError before anything is sent.
+
+        The call has one ``send`` span (kind PRODUCER) over its chunk spans; each message carries that span's
+        context in a ``traceparent`` field (``trace_context``, default the ``stream_trace_context`` setting),
+        packed once with the message, so a re-sent chunk is the same bytes under the same dedupe token.
         """
-        appender = BulkAppender(
-            lambda op, key, fn: self._call(op, fn, idempotent=True, key=key, write=True),
-            self._write_slots,
-            self._telemetry,
-            stream=stream,
-            messages=messages,
-            maxlen=maxlen,
-            approximate=approximate,
-            chunk_size=chunk_size,
-            dead_letter=dead_letter,
-            dedupe_ttl=dedupe_ttl,
-        )
-        return await appender.run()
+        shape = self._streams.shape("send", stream, None, st.SEND)
+        tracer = self._telemetry.tracer()
+        span = None
+        if tracer is not None:
+            span = tracer.start_span(shape.name, kind=shape.kind, attributes=shape.attributes)
+            span.set_attribute(names.MESSAGING_BATCH_MESSAGE_COUNT, len(messages))
+            shape.span = span
+        context = self.settings.stream_trace_context if trace_context is None else trace_context
+        value = st.current_traceparent(shape) if context else None
+        if value is not None:
+            messages = [st.with_traceparent(m, value) for m in messages]
+        try:
+            with st.active(span):
+                appender = BulkAppender(
+                    lambda op, key, fn: self._call(op, fn, idempotent=True, key=key, write=True),
+                    self._write_slots,
+                    self._telemetry,
+                    stream=stream,
+                    messages=messages,
+                    maxlen=maxlen,
+                    approximate=approximate,
+                    chunk_size=chunk_size,
+                    dead_letter=dead_letter,
+                    dedupe_ttl=dedupe_ttl,
+                )
+                added = await appender.run()
+        except Exception as exc:
+            if not isinstance(exc, ValueError | TypeError):
+                self._streams.sent(stream, len(messages), exc)
+            raise
+        self._streams.sent(stream, len(messages))
+        return added
 
     async def ensure_consumer_group(
         self, stream: Key, group: Key, *, start_id: str | bytes = "0", mkstream: bool = True
@@ -132,32 +190,45 @@ class StreamCommands(RedisBase):
             args += ["BLOCK", block_ms]
         args += ["STREAMS", stream, start_id]
 
-        async def read(r: Commands) -> Any:
+        shape = self._streams.shape("XREADGROUP", stream, group, st.RECEIVE)
+
+        async def read(r: Commands) -> list[StreamEntry]:
             try:
-                return await r.execute_command(*args)
+                raw = await r.execute_command(*args)
             except rex.ResponseError as exc:
                 if error_code(exc) != "NOGROUP":
                     raise
-            await create_group(r, stream, group, recreate_from, True)
-            return await r.execute_command(*args)
+                await create_group(r, stream, group, recreate_from, True)
+                raw = await r.execute_command(*args)
+            found = streams.entries(raw[0][1]) if raw else []
+            st.on_received(shape.span, found)
+            return found
 
         blocking = block_ms / 1000 if block_ms is not None else None
-        raw = await self._call("XREADGROUP", read, idempotent=True, blocking=blocking, key=stream)
-        return streams.entries(raw[0][1]) if raw else []
+        found = await self._shaped(
+            shape, lambda: self._call("XREADGROUP", read, idempotent=True, blocking=blocking, key=stream)
+        )
+        self._streams.consumed(stream, group, st.RECEIVE, len(found))
+        return found
 
     async def acknowledge_message(self, stream: Key, group: Key, *ids: str | bytes) -> int:
-        """XACK: how many of ``ids`` were pending and are now acknowledged."""
+        """XACK: how many of ``ids`` were pending and are now acknowledged.
+
+        Records each entry's age (now minus the append time in its ID) in ``trading_shared.stream.message.age``.
+        """
         if not ids:
             return 0
-        return int(
-            await self._call(
-                "XACK",
-                lambda r: r.execute_command("XACK", stream, group, *ids),
-                idempotent=True,
-                key=stream,
-                write=True,
-            )
+        shape = self._streams.shape("XACK", stream, group, st.ACK)
+
+        async def ack(r: Commands) -> Any:
+            st.describe_ids(shape.span, ids)
+            return await r.execute_command("XACK", stream, group, *ids)
+
+        done = int(
+            await self._shaped(shape, lambda: self._call("XACK", ack, idempotent=True, key=stream, write=True))
         )
+        self._streams.acknowledged(stream, group, ids)
+        return done
 
     async def dead_letter_message(self, stream: Key, group: Key, entry: StreamEntry, *, reason: str) -> bytes:
         """Copy a consumed ``entry`` to ``dlq:<stream>`` (its fields plus ``dlq.stream``, ``dlq.group``, ``dlq.id``,
@@ -177,12 +248,16 @@ class StreamCommands(RedisBase):
         dlq = streams.DLQ_PREFIX + source
         keys = [dlq, streams.dedupe_key(dlq, group_key + b":" + entry_id, b"ts:dlq:")]
         args = [streams.DEAD_LETTER_DEDUPE_TTL, *streams.items(fields, 0)]
-        copy_id, added = await self._call(
-            "DEAD_LETTER",
-            lambda r: streams.DEAD_LETTER.run(r, keys, args),
-            idempotent=True,
-            key=dlq,
-            write=True,
+        if entry.traceparent is not None:
+            args += [streams.TRACEPARENT, entry.traceparent]  # the copy still leads to its producer
+        shape = self._streams.shape("DEAD_LETTER", stream, group, st.DEAD_LETTER)
+
+        async def copy(r: Commands) -> Any:
+            st.describe_ids(shape.span, (entry_id,))
+            return await streams.DEAD_LETTER.run(r, keys, args)
+
+        copy_id, added = await self._shaped(
+            shape, lambda: self._call("DEAD_LETTER", copy, idempotent=True, key=dlq, write=True)
         )
         if added:
             self._telemetry.dead_lettered(1)
@@ -204,15 +279,20 @@ class StreamCommands(RedisBase):
         Re-sent after a lost reply, the second claim finds the entries already idle-reset and owned by
         ``consumer``: they stay pending there and are claimed again once idle, so none is lost.
         """
-        raw = await self._call(
-            "XAUTOCLAIM",
-            lambda r: r.execute_command("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start_id, "COUNT", count),
-            idempotent=True,
-            key=stream,
-            write=True,
+        shape = self._streams.shape("XAUTOCLAIM", stream, group, st.CLAIM)
+
+        async def claim(r: Commands) -> ClaimResult:
+            raw = await r.execute_command("XAUTOCLAIM", stream, group, consumer, min_idle_ms, start_id, "COUNT", count)
+            deleted = list(raw[2]) if len(raw) > 2 else []
+            result = ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
+            st.on_received(shape.span, result.messages)
+            return result
+
+        result = await self._shaped(
+            shape, lambda: self._call("XAUTOCLAIM", claim, idempotent=True, key=stream, write=True)
         )
-        deleted = list(raw[2]) if len(raw) > 2 else []
-        return ClaimResult(next_id=raw[0], messages=streams.entries(raw[1]), deleted_ids=deleted)
+        self._streams.consumed(stream, group, st.CLAIM, len(result.messages))
+        return result
 
 
 async def create_group(r: Commands, stream: Key, group: Key, start_id: str | bytes, mkstream: bool) -> bool:

@@ -52,11 +52,24 @@ MAX_FIELDS = 3_900
 MAX_ITEM_BYTES = 512 * 1024 * 1024
 
 
-class StreamEntry(NamedTuple):
-    """One stream entry as read back: its ID and fields (bytes; empty when the entry was deleted while pending)."""
+#: The field an appended entry carries the producer's W3C trace context in (docs/stream-telemetry.md). Reserved:
+#: entries read through the SDK never show it in their fields.
+TRACEPARENT = b"traceparent"
 
+
+class _Entry(NamedTuple):
     id: bytes
     fields: dict[bytes, bytes]
+
+
+class StreamEntry(_Entry):
+    """One stream entry as read back: its ID and fields (bytes; empty when the entry was deleted while pending).
+
+    A 2-tuple as before (``entry_id, fields = entry``). :attr:`traceparent` is the producer's trace context, taken
+    out of the fields on read (None when the entry carried none).
+    """
+
+    traceparent: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +257,25 @@ def check_maxlen(maxlen: int | None) -> None:
 
 
 def entries(raw: Any) -> list[StreamEntry]:
-    """Convert redis-py's parsed entry list (``[(id, {field: value} | None), ...]``)."""
+    """Convert redis-py's parsed entry list (``[(id, {field: value} | None), ...]``), moving the ``traceparent``
+    field out of the fields into :attr:`StreamEntry.traceparent`."""
     out: list[StreamEntry] = []
     for entry_id, fields in raw or ():
         if entry_id is not None:
-            out.append(StreamEntry(entry_id, dict(fields) if fields else {}))
+            own = dict(fields) if fields else {}
+            entry = StreamEntry(entry_id, own)
+            context = own.pop(TRACEPARENT, None)
+            if context is not None:
+                entry.traceparent = context
+            out.append(entry)
     return out
+
+
+def entry_time_ms(entry_id: str | bytes) -> int | None:
+    """The append time (Unix ms) a stream entry ID carries, or None when it is not a ``<ms>-<seq>`` ID."""
+    text = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+    ms = text.partition(b"-")[0]
+    return int(ms) if ms.isdigit() else None
 
 
 def consumer_dead_letter_fields(stream: bytes, group: bytes, entry_id: bytes, reason: str, fields: Fields) -> Fields:

@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.util.types import AttributeValue
 
 from ..compat import otel as otel_compat
 from . import names
-from .instruments import Instruments, PoolStats, instruments_for
+from .instruments import Instruments, PoolStats, StreamHealth, instruments_for
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +66,24 @@ def _global_meter_provider() -> MeterProvider | None:
         return None
     provider = metrics.get_meter_provider()
     return None if otel_compat.is_proxy_meter_provider(provider) else provider
+
+
+@dataclass(slots=True)
+class SpanShape:
+    """How the span of one call differs from a plain database span (messaging calls, see
+    :mod:`trading_shared.redis.stream_tracing`): set in :data:`SPAN_SHAPE` around the call;
+    :meth:`ClientTelemetry.start` applies it to the span of ``operation`` only and stores that span in :attr:`span`."""
+
+    operation: str
+    name: str
+    kind: SpanKind
+    attributes: Mapping[str, AttributeValue]
+    suppress: bool = False
+    span: Span | None = None
+
+
+#: The shape of the span the next :meth:`ClientTelemetry.start` of the shape's operation starts (in this context).
+SPAN_SHAPE: ContextVar[SpanShape | None] = ContextVar("trading_shared_span_shape", default=None)
 
 
 class ClientTelemetry:
@@ -102,6 +123,7 @@ class ClientTelemetry:
         self._span_names: dict[str, str] = {}
         self._pool_source: Callable[[], PoolStats | None] | None = None
         self._breaker_source: Callable[[], Iterable[tuple[dict[str, str], str]]] | None = None
+        self._stream_source: Callable[[], Iterable[StreamHealth]] | None = None
 
     # -- provider resolution -------------------------------------------------------------------------------------------
     def tracer(self) -> Tracer | None:
@@ -161,6 +183,9 @@ class ClientTelemetry:
             tracer = self._tracer or self.tracer()
             if tracer is None:
                 return None
+            shape = SPAN_SHAPE.get()
+            if shape is not None and shape.operation == operation:
+                return self._start_shaped(tracer, shape)
             name = self._span_names.get(operation)
             if name is None:
                 name = self._span_names[operation] = f"{operation} {self._namespace}"
@@ -168,6 +193,13 @@ class ClientTelemetry:
         except Exception:
             _log.debug("span start failed", exc_info=True)
             return None
+
+    def _start_shaped(self, tracer: Tracer, shape: SpanShape) -> Span | None:
+        if shape.suppress:
+            return None
+        attributes = {**self.attributes(shape.operation), **shape.attributes}
+        shape.span = tracer.start_span(shape.name, kind=shape.kind, attributes=attributes)
+        return shape.span
 
     def end(
         self,
@@ -292,12 +324,15 @@ class ClientTelemetry:
         self,
         pool: Callable[[], PoolStats | None] | None = None,
         breakers: Callable[[], Iterable[tuple[dict[str, str], str]]] | None = None,
+        streams: Callable[[], Iterable[StreamHealth]] | None = None,
     ) -> None:
-        """Set where the observable callbacks read this client's pool figures and breaker states."""
+        """Set where the observable callbacks read this client's pool figures, breaker states and stream health."""
         if pool is not None:
             self._pool_source = pool
         if breakers is not None:
             self._breaker_source = breakers
+        if streams is not None:
+            self._stream_source = streams
         instruments = self.instruments()
         if instruments is not None:
             instruments.register(self)
@@ -309,6 +344,10 @@ class ClientTelemetry:
     def breaker_states(self) -> Iterable[tuple[dict[str, str], str]]:
         """Breaker states (read by the metrics exporter's thread)."""
         return self._breaker_source() if self._breaker_source is not None else ()
+
+    def stream_health(self) -> Iterable[StreamHealth]:
+        """Figures of the stream groups the client observes (read by the metrics exporter's thread; never blocks)."""
+        return self._stream_source() if self._stream_source is not None else ()
 
     def pool_wait(self, seconds: float) -> None:
         """Record the time one acquisition waited."""

@@ -30,6 +30,18 @@ class PoolStats:
     pending: int
 
 
+@dataclass(frozen=True, slots=True)
+class StreamHealth:
+    """The last figures read for one observed stream consumer group (``attributes``: system, stream, group).
+
+    ``lag`` is None when the server does not know it (entries deleted or trimmed before the group read them)."""
+
+    attributes: dict[str, str]
+    lag: int | None
+    pending: int
+    oldest_pending_age: float
+
+
 class ObservedClient(Protocol):
     """What an observable callback reads from a client (implemented by ClientTelemetry)."""
 
@@ -40,6 +52,9 @@ class ObservedClient(Protocol):
 
     def breaker_states(self) -> Iterable[tuple[dict[str, str], str]]:
         """``(attributes, state)`` for each breaker of the client."""
+
+    def stream_health(self) -> Iterable[StreamHealth]:
+        """The last figures of each stream group the client observes (cached: never waits on a server)."""
 
 
 class Instruments:
@@ -107,6 +122,38 @@ class Instruments:
             unit=names.UNIT_SECONDS,
             description="Time to open a new connection.",
             explicit_bucket_boundaries_advisory=buckets,
+        )
+        self.sent_messages = meter.create_counter(
+            names.MESSAGING_SENT_MESSAGES, unit=names.UNIT_MESSAGE, description="Messages appended to streams."
+        )
+        self.consumed_messages = meter.create_counter(
+            names.MESSAGING_CONSUMED_MESSAGES,
+            unit=names.UNIT_MESSAGE,
+            description="Stream entries delivered to the client by consumer-group reads and claims.",
+        )
+        self.message_age = meter.create_histogram(
+            names.STREAM_MESSAGE_AGE,
+            unit=names.UNIT_SECONDS,
+            description="Time from a stream entry's append (its ID) to its acknowledgement.",
+            explicit_bucket_boundaries_advisory=list(names.MESSAGE_AGE_BUCKETS),
+        )
+        meter.create_observable_gauge(
+            names.STREAM_GROUP_LAG,
+            callbacks=[self._observe_lag],
+            unit=names.UNIT_MESSAGE,
+            description="Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag).",
+        )
+        meter.create_observable_gauge(
+            names.STREAM_GROUP_PENDING,
+            callbacks=[self._observe_stream_pending],
+            unit=names.UNIT_MESSAGE,
+            description="Entries delivered to the consumer group and not yet acknowledged.",
+        )
+        meter.create_observable_gauge(
+            names.STREAM_GROUP_OLDEST_PENDING_AGE,
+            callbacks=[self._observe_oldest_pending],
+            unit=names.UNIT_SECONDS,
+            description="Age (since its append) of the oldest entry pending in the consumer group; 0 when none is.",
         )
         meter.create_observable_up_down_counter(
             names.CONNECTION_COUNT,
@@ -183,6 +230,25 @@ class Instruments:
                     value = 1 if state == current else 0
                     out.append(Observation(value, {**attrs, names.BREAKER_STATE_ATTR: state}))
         return out
+
+
+    def _streams(self) -> list[StreamHealth]:
+        out: list[StreamHealth] = []
+        for client in self._snapshot():
+            try:
+                out.extend(client.stream_health())
+            except Exception:
+                _log.debug("stream health unavailable", exc_info=True)
+        return out
+
+    def _observe_lag(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(h.lag, h.attributes) for h in self._streams() if h.lag is not None]
+
+    def _observe_stream_pending(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(h.pending, h.attributes) for h in self._streams()]
+
+    def _observe_oldest_pending(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(h.oldest_pending_age, h.attributes) for h in self._streams()]
 
 
 _by_provider: weakref.WeakKeyDictionary[MeterProvider, Instruments] = weakref.WeakKeyDictionary()

@@ -122,6 +122,12 @@ DURATION_BUCKETS: Final = (
 )  # fmt: skip
 
 
+#: Buckets of the stream message age in seconds: a healthy consumer's milliseconds up to an hour's backlog.
+MESSAGE_AGE_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+
+
 def prometheus_label(attribute: str) -> str:
     """Spell an attribute key as the Prometheus exporter does (dots become underscores)."""
     return attribute.replace(".", "_")
