@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from trading_shared.telemetry.query_summary import OVERFLOW, CardinalityCap, QuerySummaries, summarise
@@ -17,6 +19,9 @@ CASES = [
     ("SELECT 40 + $1::int", "SELECT", "SELECT", None),
     ("CREATE TABLE t (id int); GRANT ALL ON t TO r", "CREATE t GRANT", None, None),
     ("SELECT * FROM t WHERE id = $1;", "SELECT t", "SELECT", "t"),
+    ("CREATE OR REPLACE FUNCTION f(x int) RETURNS TABLE (y int) LANGUAGE sql AS $$ SELECT 1 $$", "CREATE f", "CREATE",
+     "f"),
+    ("DROP VIEW IF EXISTS v", "DROP v", "DROP", "v"),
     ("INSERT INTO ohlc SELECT * FROM _ts_stage ON CONFLICT DO NOTHING", "INSERT ohlc SELECT _ts_stage", "INSERT", None),
     ("UPDATE orders SET status = 'filled' WHERE id = 42", "UPDATE orders", "UPDATE", "orders"),
     ("DELETE FROM trades WHERE ts < now() - interval '1 day'", "DELETE trades", "DELETE", "trades"),
@@ -78,3 +83,25 @@ def test_cardinality_cap_lets_known_values_through_and_counts_the_overflow() -> 
     cap = CardinalityCap(limit=3)
     assert [cap(v) for v in ("a", "b", "c", "d", "a", "e")] == ["a", "b", "c", OVERFLOW, "a", OVERFLOW]
     assert cap.overflowed == 2
+
+
+def test_summary_caches_hold_bounded_memory_however_many_and_long_the_statements() -> None:
+    from trading_shared.postgres.query_telemetry import MAX_CACHED_STATEMENTS, PostgresTelemetry
+
+    telemetry = PostgresTelemetry(
+        query_text=True, summary_cap=200, pool_name="p", namespace="db", address="h", port=5432
+    )
+    padding = "x" * 3_000  # long statements: the character budget, not the entry count, is what binds
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2_000):  # each text is made here, so it is counted only if a cache keeps it
+            text = f"SELECT * FROM t{i} WHERE note = '{padding}' AND id = $1"
+            assert telemetry.statement("fetch", text).summary == f"SELECT t{i}"
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert telemetry._cached <= MAX_CACHED_STATEMENTS
+    assert len(telemetry._summaries) <= MAX_CACHED_STATEMENTS
+    # The key texts are shared by both caches (1M characters at most), plus each kept summary's literal-free text.
+    assert held < 3_000_000, held

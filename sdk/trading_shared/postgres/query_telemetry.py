@@ -89,14 +89,13 @@ class SqlOperation(str):
 
 def statement_operation(method: str, names_: QueryNames, summary: str | None, batch_size: int | None) -> SqlOperation:
     """The operation of ``method`` sending one statement text (``batch_size``: its argument tuples, None for one)."""
-    operation, fallback = names_.operation, names_.keyword
-    if names_.statements > 1:  # several statements in one call: a batch of different operations
+    operation, fallback, own = names_.operation, names_.keyword, names_.summary
+    if names_.procedure is None:
+        fallback = operation
+    if names_.statements > 1:  # several statements in one call: a batch, summarised by its operations and targets
         operation = fallback = BATCH
         batch_size = names_.statements
-    elif names_.procedure is None:
-        fallback = operation
-    own = names_.summary
-    if batch_size is not None:
+    elif batch_size is not None:  # one statement, several argument tuples: BATCH and the one statement's names
         own = f"{BATCH} {own}"
         operation = f"{BATCH} {operation}" if operation is not None else BATCH
         fallback = f"{BATCH} {fallback}" if fallback is not None else BATCH
@@ -248,6 +247,10 @@ class PostgresTelemetry(ClientTelemetry):
             self._prepare(operation)
         return operation.metric_operation
 
-    def _prime(self, instruments: Instruments) -> None:
-        super()._prime(instruments)
-        instruments.summary_overflow.add(0, self.pool_attributes)
+    def instruments(self) -> Instruments | None:
+        """As :meth:`ClientTelemetry.instruments`; the overflow counter is exported at 0 from the start."""
+        fresh = self._instruments is None
+        found = super().instruments()
+        if fresh and found is not None:
+            found.summary_overflow.add(0, self.pool_attributes)
+        return found

@@ -6,10 +6,10 @@ and its text is kept with every literal replaced by ``?`` and every comment remo
 as ``$1``, ``$2``..., which stay; a literal written into the text could still be a value, so it never survives, and a
 comment can carry anything, e.g. a sqlcommenter trace id). A function called as ``SELECT fn(...)`` with no table,
 or a procedure after ``CALL``, is the statement's ``db.stored_procedure.name`` and its ``db.operation.name``. A text of
-several statements has no single operation (``operation`` is None). Parsing is a small
-tokenizer, not a SQL parser: comments and literals are skipped, identifiers (quoted or not, schema-qualified) are
-read after ``FROM``, ``JOIN``, ``INTO``, ``UPDATE``, ``TABLE``, ``COPY`` and ``CALL``, and a function called right
-after ``SELECT`` counts as its target.
+several statements has no single operation (``operation`` is None). Parsing is a small tokenizer, not a SQL
+parser: comments and literals are skipped, identifiers (quoted or not, schema-qualified) are read after ``FROM``,
+``JOIN``, ``INTO``, ``UPDATE``, ``TABLE``, ``COPY``, ``CALL``, ``FUNCTION``, ``PROCEDURE`` and ``VIEW``, and a
+function called right after ``SELECT`` counts as its target.
 
 :class:`QuerySummaries` computes each distinct statement text once (a bounded dict: past ``max_entries`` new texts
 are summarised on every call instead of cached, so memory stays bounded), and :class:`CardinalityCap` keeps the
@@ -32,7 +32,7 @@ _OPERATIONS = frozenset(
      "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "LISTEN", "NOTIFY", "SET", "SHOW", "VACUUM", "ANALYZE",
      "EXPLAIN", "LOCK", "GRANT", "REVOKE", "REFRESH", "PREPARE", "EXECUTE", "DISCARD", "RESET"}
 )  # fmt: skip
-_TARGET_AFTER = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "COPY", "CALL"})
+_TARGET_AFTER = frozenset({"FROM", "JOIN", "INTO", "UPDATE", "TABLE", "COPY", "CALL", "FUNCTION", "PROCEDURE", "VIEW"})
 _DML = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "SELECT"})
 #: Words after which an operation keyword is not an operation (ON CONFLICT DO UPDATE, FOR UPDATE, ON COMMIT DROP).
 _NOT_BEFORE_OPERATION = frozenset({"DO", "FOR", "KEY", "NO", "ON", "ONLY"})
