@@ -350,3 +350,33 @@ class PostgresBench:
             ]
             cases.append(BulkCase("bulk", f"upsert {rows:,} instruments {what}", variants, baseline="copy"))
         return cases
+
+
+def summary_cache_memory(statements: int = 11_000) -> str:
+    """Fill one client's query-summary caches with ``statements`` distinct statements (the bench's own fetchrow
+    shape, one table name each) and report what they hold, measured with tracemalloc. No I/O; spans and metrics
+    attributes are built as a traced client builds them."""
+    import tracemalloc
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from trading_shared.postgres.query_telemetry import PostgresTelemetry
+
+    telemetry = PostgresTelemetry(
+        query_text=True, summary_cap=200, pool_name="bench", namespace="bench", address="127.0.0.1", port=5432,
+        tracer_provider=TracerProvider(),
+    )  # fmt: skip
+    texts = [f"SELECT k, a, b, c, d FROM bench_kv_{i} WHERE k = $1" for i in range(statements)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for text in texts:
+            op = telemetry.statement("fetchrow", text)
+            telemetry.attributes(op)  # the span and metric attribute dicts, as the first call builds them
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    return (
+        f"query-summary caches after {statements:,} distinct fetchrow statements: "
+        f"{len(telemetry._summaries):,} summaries kept, {held / 1e6:.2f} MB (tracemalloc)"
+    )
