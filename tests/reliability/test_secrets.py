@@ -34,6 +34,7 @@ PARAM = "param-value-e2b94f"
 SQL_MARKER = "sql_marker_81aa3c"
 KEY = "key-name-0f6a2d"
 VALUE = "key-value-9b3e51"
+GROUP = "group-name-3c8e17"
 
 BREAKER = {
     "breaker": {"fail_max": 2, "reset_timeout": 0.3},
@@ -135,6 +136,19 @@ async def test_redis_run_with_failures_leaks_no_password_key_or_value(
     await r.set(KEY, VALUE)
     assert await r.get(KEY) == VALUE.encode()
     await r.xadd_bulk(KEY + "-stream", [{KEY: VALUE}] * 3)
+    # Streams as messaging: an undeclared stream and group are never named; a declared, observed one may be.
+    r.observe_stream("md:declared", "candles")
+    await r.xadd("md:declared", {KEY: VALUE})
+    await r.xadd(KEY + "-stream", {KEY: VALUE})
+    for stream in ("md:declared", KEY + "-stream"):
+        await r.ensure_consumer_group(stream, GROUP)
+        entries = await r.read_stream_messages(stream, GROUP, "c1")
+        with r.process_span(stream, GROUP, entries):
+            pass
+        await r.dead_letter_message(stream, GROUP, entries[0], reason=VALUE)
+        await r.acknowledge_message(stream, GROUP, *(e.id for e in entries))
+        await r.xautoclaim_stale_messages(stream, GROUP, "c2", min_idle_ms=0)
+    await r.refresh_stream_health()
     await _expect(errors, rex.ResponseError, lambda: r.lpush(KEY, VALUE))  # WRONGTYPE
     await _expect(
         errors,
@@ -169,4 +183,5 @@ async def test_redis_run_with_failures_leaks_no_password_key_or_value(
     assert len(otel.spans()) >= 8 and otel.points("db.client.operation.duration")
     assert "circuit breaker" in caplog.text
     _assert_nowhere([REDIS_PASSWORD, WRONG_PASSWORD], places)
-    _assert_nowhere([KEY, VALUE], {k: v for k, v in places.items() if k != "errors"})
+    _assert_nowhere([KEY, VALUE, GROUP], {k: v for k, v in places.items() if k != "errors"})
+    assert "md:declared" in places["spans and metrics"]  # the declared stream is named: the check can fail
