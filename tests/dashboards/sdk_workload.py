@@ -13,8 +13,10 @@ The workload gives every dashboard panel something to show:
   (pending requests) and give up after ``acquire_timeout`` (acquire timeouts). The period (1.3 s) is not a multiple
   of the 1 s scrape interval, so these moments drift across the scrapes: a scrape sees callers waiting at least
   once every four periods (a period of 1 s could miss them at every scrape).
-* Redis (``quotes-redis``): SET/GET all the time, bulk stream appends, and every ``--dead-letter-every`` seconds a
-  poison message read through a consumer group and moved to ``dlq:<stream>`` with ``dead_letter_message``.
+* Redis (``quotes-redis``): SET/GET all the time, bulk stream appends read by the consumer group ``candles`` (each
+  entry in a ``process`` span, all acknowledged but one per round, so pending and its age grow), and every
+  ``--dead-letter-every`` seconds a poison message read through a consumer group and moved to ``dlq:<stream>`` with
+  ``dead_letter_message``. Both streams and groups are declared (``telemetry_streams``): their health is exported.
 
 Breakers and retries are short (fail_max 3, reset_timeout 1 s, 3 attempts within a 1 s deadline) so that stopping a
 server opens a breaker within a second and recovery closes it within a second. Failed calls are counted, never
@@ -56,6 +58,7 @@ from trading_shared import (
 PG_CLIENT = "orders-pg"  # defaults of --pg-name / --redis-name
 REDIS_CLIENT = "quotes-redis"
 POISON_STREAM = "e2e:poison"
+TICKS_STREAM = "e2e:ticks"
 
 RETRY = RetrySettings(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, jitter=0.05, deadline=1.0)
 BREAKER = BreakerSettings(fail_max=3, reset_timeout=1.0)
@@ -83,6 +86,7 @@ def _settings(args: argparse.Namespace) -> tuple[PostgresSettings, RedisSettings
         socket_connect_timeout=0.5,
         retry=RETRY,
         breaker=BREAKER,
+        telemetry_streams=[f"{TICKS_STREAM}=candles", f"{POISON_STREAM}=e2e"],
     )
     return pg, redis
 
@@ -144,7 +148,14 @@ class Workload:
         await self.redis.get("e2e:quote")
 
     async def _redis_stream(self) -> None:
-        await self.redis.xadd_bulk("e2e:ticks", [{"px": 101.25, "qty": i} for i in range(20)], maxlen=1000)
+        await self.redis.xadd_bulk(TICKS_STREAM, [{"px": 101.25, "qty": i} for i in range(20)], maxlen=1000)
+
+    async def _redis_consume(self) -> None:
+        await self.redis.ensure_consumer_group(TICKS_STREAM, "candles")
+        entries = await self.redis.read_stream_messages(TICKS_STREAM, "candles", "worker", count=20)
+        with self.redis.process_span(TICKS_STREAM, "candles", entries):
+            ids = [e.id for e in entries[1:]]  # the first stays pending: the pending gauges have something to show
+        await self.redis.acknowledge_message(TICKS_STREAM, "candles", *ids)
 
     async def _redis_dead_letter(self) -> None:
         # A consumer meets a poison message and dead-letters it (copy to dlq:<stream>, acknowledge, count).
@@ -164,6 +175,7 @@ class Workload:
             self._every("pg_hog", a.hog_every, self._pg_hog),
             self._every("redis_kv", 0.02, self._redis_kv),
             self._every("redis_stream", 0.5, self._redis_stream),
+            self._every("redis_consume", 0.5, self._redis_consume),
             self._every("redis_dead_letter", a.dead_letter_every, self._redis_dead_letter),
         ]
         async with asyncio.TaskGroup() as group:
