@@ -51,7 +51,8 @@ class StreamHealthMonitor:
         self._max_age = settings.stream_health_max_age
         self._names = stream_names
         self._groups: dict[bytes, list[bytes]] = {}
-        #: (stream, group) -> (monotonic time read, figures); replaced whole by each refresh of a stream.
+        #: (stream, group) -> (monotonic time read, figures). Replaced, never changed in place: the exporter's
+        #: thread iterates it.
         self._figures: dict[tuple[bytes, bytes], tuple[float, StreamHealth]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -84,7 +85,7 @@ class StreamHealthMonitor:
             return []
         self._request()
         oldest = time.monotonic() - self._max_age
-        return [health for read, health in list(self._figures.values()) if read >= oldest]
+        return [health for read, health in self._figures.values() if read >= oldest]
 
     def _request(self) -> None:
         loop = self._loop
@@ -136,10 +137,11 @@ class StreamHealthMonitor:
         if isinstance(info, Exception):
             return  # no such stream (yet): nothing to report
         by_name = {as_key(g.get("name", b"")): g for g in info if isinstance(g, dict)}
+        figures = dict(self._figures)
         for group, pending in zip(groups, replies[1:], strict=True):
             found = by_name.get(group)
             if found is None or isinstance(pending, Exception):
-                self._figures.pop((stream, group), None)  # the group does not exist (any more)
+                figures.pop((stream, group), None)  # the group does not exist (any more)
                 continue
             lag = found.get("lag")
             oldest = entry_time_ms(pending.get("min") or b"") if isinstance(pending, dict) else None
@@ -151,7 +153,8 @@ class StreamHealthMonitor:
                 names.MESSAGING_CONSUMER_GROUP_NAME: self._names.group_name(stream, group),
             }
             health = StreamHealth(attrs, None if lag is None else int(lag), count, age)
-            self._figures[(stream, group)] = (read, health)
+            figures[(stream, group)] = (read, health)
+        self._figures = figures
 
     async def close(self) -> None:
         """Stop refreshing (a refresh in flight is cancelled); the figures are dropped."""
@@ -160,4 +163,4 @@ class StreamHealthMonitor:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        self._figures.clear()
+        self._figures = {}
