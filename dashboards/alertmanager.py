@@ -29,6 +29,8 @@ from dashboards.rules import (
     MESSAGES_DEAD_LETTERED,
     POOL_SATURATED,
     RETRY_STORM,
+    STREAM_LAG_GROWING,
+    STREAM_PENDING_STUCK,
 )
 
 #: What a client's breaker-open alert inhibits (same job, instance and client): failed, slow and retried calls and
@@ -40,6 +42,8 @@ NOT_INHIBITED: Final = {
     BREAKER_OPEN: "the cause: the one notification of an outage",
     BREAKER_FLAPPING: "repeated opens and closes are a problem of their own, beyond any one open",
     MESSAGES_DEAD_LETTERED: "dead-lettered messages wait for a person whatever made them fail",
+    STREAM_PENDING_STUCK: "a stream backlog outlives the outage that caused it and needs its own all-clear",
+    STREAM_LAG_GROWING: "a stream backlog outlives the outage that caused it and needs its own all-clear",
 }
 
 #: The labels an inhibited alert must share with the breaker-open alert: the same client of the same process.

@@ -33,6 +33,11 @@ SYSTEM_VARIABLE: Final = "system"
 
 #: Latency quantiles drawn on the latency panels.
 LATENCY_QUANTILES: Final = (0.5, 0.95, 0.99)
+#: Statements shown by each statement panel (``topk``). The SDK caps the distinct ``db.query.summary`` values of a
+#: client (``PostgresSettings.query_summary_cap``, then ``_OTHER``), so the series behind the panels are bounded too.
+STATEMENT_TOPK: Final = 10
+#: Quantiles drawn on the stream processing-age panel.
+MESSAGE_AGE_QUANTILES: Final = (0.5, 0.99)
 
 # --- Grafana-managed alerts ----------------------------------------------------------------------------------------
 #: Grafana expands ``${VAR}`` from its environment in this field when provisioning: set PROMETHEUS_DATASOURCE_UID.
@@ -114,6 +119,20 @@ class AlertConfig:
     dead_letter_for: str = "0s"
     dead_letter_severity: str = "warning"
 
+    #: A consumer group's oldest pending entry (delivered, not acknowledged) older than this many seconds, and
+    #: getting older at more than half a second per second over ``stream_pending_window`` (the same entry stays
+    #: oldest: nothing acknowledges it; a group catching up on old entries gets younger, not older).
+    stream_pending_age_seconds: float = 60.0
+    stream_pending_window: str = "2m"
+    stream_pending_for: str = "2m"
+    stream_pending_severity: str = "critical"
+
+    #: A consumer group whose lag grew over ``stream_lag_window`` while producers appended to the stream and no
+    #: process received any entry for the group in that window.
+    stream_lag_window: str = "2m"
+    stream_lag_for: str = "3m"
+    stream_lag_severity: str = "critical"
+
 
 #: The committed rule file.
 PRODUCTION: Final = AlertConfig()
@@ -131,6 +150,11 @@ FAST_TEST: Final = AlertConfig(
     acquire_timeout_window="5s",
     latency_for="5s",
     dead_letter_window="5s",
+    stream_pending_age_seconds=2.0,
+    stream_pending_window="4s",
+    stream_pending_for="2s",
+    stream_lag_window="4s",
+    stream_lag_for="2s",
 )
 
 

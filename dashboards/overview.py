@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 
-from dashboards import config, rules
+from dashboards import config, rules, statements, streams
 from dashboards import promql as q
 from dashboards.layout import Layout, legend
 from dashboards.metrics import (
@@ -222,7 +222,8 @@ def build(alerts: config.AlertConfig = config.PRODUCTION) -> dashboard_builders.
     layout = Layout(
         TITLE,
         config.OVERVIEW_UID,
-        "Per client: circuit breaker, traffic, errors, latency, retries, connection pool and dead letters.",
+        "Per client: circuit breaker, traffic, errors, latency, retries, connection pool and dead letters; then "
+        "the selected clients' PostgreSQL statements and stream consumer groups.",
         variables=[job_variable(), client_variable()],
     )
     layout.row(f"${config.CLIENT_VARIABLE}", repeat=config.CLIENT_VARIABLE)
@@ -230,4 +231,6 @@ def build(alerts: config.AlertConfig = config.PRODUCTION) -> dashboard_builders.
     _traffic_row(layout, alerts)
     _latency_row(layout)
     _pool_rows(layout)
+    statements.add(layout)
+    streams.add(layout, alerts)
     return layout.dashboard

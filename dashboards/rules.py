@@ -22,8 +22,13 @@ from dashboards.metrics import (
     CONNECTION_PENDING,
     CONNECTION_TIMEOUTS,
     DEAD_LETTERED,
+    MESSAGES_CONSUMED,
+    MESSAGES_SENT,
     OPERATION_DURATION,
     RETRIES,
+    STREAM_GROUP_LAG,
+    STREAM_GROUP_PENDING,
+    STREAM_OLDEST_PENDING_AGE,
     L,
     names,
 )
@@ -37,9 +42,17 @@ POOL_SATURATED = "TradingSharedConnectionPoolSaturated"
 ACQUIRE_TIMEOUTS = "TradingSharedConnectionAcquireTimeouts"
 HIGH_LATENCY = "TradingSharedHighLatencyP99"
 MESSAGES_DEAD_LETTERED = "TradingSharedMessagesDeadLettered"
+STREAM_PENDING_STUCK = "TradingSharedStreamPendingStuck"
+STREAM_LAG_GROWING = "TradingSharedStreamLagGrowing"
 
 #: The labels every alert carries (besides severity): which client, in which process.
 BY = (L.JOB, L.INSTANCE, L.POOL)
+#: The labels of the stream alerts: the consumer group of a stream, in the process that observes it (the group's
+#: figures carry no client: they describe the group on the server, whichever client reads them).
+BY_STREAM = (L.JOB, L.INSTANCE, L.STREAM, L.GROUP)
+#: The stream alerts join producers' and consumers' counters to a group's figures by stream (and group) alone: a
+#: stream's producers and consumers usually run in other processes, often in other jobs, than its observer.
+STREAM_JOIN = (L.STREAM, L.GROUP)
 
 
 def runbook_anchor(alert: str) -> str:
@@ -52,6 +65,7 @@ def _t(label: str) -> str:
 
 
 _WHERE = f"{_t(L.POOL)} (job {_t(L.JOB)}, instance {_t(L.INSTANCE)})"
+_GROUP = f"group {_t(L.GROUP)} of stream {_t(L.STREAM)} (observed by job {_t(L.JOB)}, instance {_t(L.INSTANCE)})"
 
 
 @dataclass(frozen=True)
@@ -224,10 +238,53 @@ def _pool_rules(e: _Exprs) -> list[Rule]:
     ]
 
 
+def _stream_rules(e: _Exprs) -> list[Rule]:
+    cfg = e.cfg
+    age = e.s(STREAM_OLDEST_PENDING_AGE)
+    lag = e.s(STREAM_GROUP_LAG)
+    consumed = e.s(MESSAGES_CONSUMED)
+    sent = e.s(MESSAGES_SENT, q.eq(L.ERROR, ""))  # failed appends are counted too, with their error type
+    window = cfg.stream_lag_window
+    # A consumer's first entries create its counter series with their count: increase() cannot see that step, so a
+    # series younger than the window counts as having received entries (a consumer that just started is reading).
+    received = f"{q.agg('sum', STREAM_JOIN, q.increase(consumed, window))} > 0\n  or\n  " + q.agg(
+        "count", STREAM_JOIN, f"{consumed} unless {consumed} offset {window}"
+    )
+    return [
+        Rule(
+            STREAM_PENDING_STUCK,
+            f"{q.agg('max', BY_STREAM, age)} > {cfg.stream_pending_age_seconds:g}\nand {q.on(BY_STREAM)}\n"
+            f"{q.agg('max', BY_STREAM, f'deriv({age}[{cfg.stream_pending_window}])')} > 0.5",
+            cfg.stream_pending_for,
+            cfg.stream_pending_severity,
+            f"Stream entries stuck pending in group {_t(L.GROUP)} of {_t(L.STREAM)}",
+            f"The oldest entry pending in {_GROUP} was appended "
+            f"{{{{ $value | humanizeDuration }}}} ago and keeps getting older (more than "
+            f"{cfg.stream_pending_age_seconds:g}s, over {cfg.stream_pending_window}): a consumer holds entries it "
+            f"does not acknowledge.",
+        ),
+        Rule(
+            STREAM_LAG_GROWING,
+            f"(\n  {q.agg('max', BY_STREAM, f'delta({lag}[{window}])')} > 0\n  or\n"
+            f"  {q.agg('max', BY_STREAM, e.s(STREAM_GROUP_PENDING))}\n    unless {q.on(BY_STREAM)}\n"
+            f"  {q.agg('max', BY_STREAM, lag)}\n)\n"
+            f"and {q.on([L.STREAM])}\n"
+            f"{q.agg('sum', [L.STREAM], q.increase(sent, window))} > 0\n"
+            f"unless {q.on(STREAM_JOIN)}\n(\n  {received}\n)",
+            cfg.stream_lag_for,
+            cfg.stream_lag_severity,
+            f"Consumer group {_t(L.GROUP)} of {_t(L.STREAM)} stopped reading",
+            f"The lag of {_GROUP} grew over the last {window}, or is unknown "
+            f"(entries trimmed before the group read them), while producers appended to the stream, and no consumer "
+            f"of the group received any entry.",
+        ),
+    ]
+
+
 def rules(cfg: config.AlertConfig = config.PRODUCTION) -> list[Rule]:
     """All alerting rules under ``cfg``."""
     e = _Exprs(cfg)
-    return [*_breaker_rules(e), *_traffic_rules(e), *_pool_rules(e)]
+    return [*_breaker_rules(e), *_traffic_rules(e), *_pool_rules(e), *_stream_rules(e)]
 
 
 def rule_file(cfg: config.AlertConfig = config.PRODUCTION) -> dict[str, Any]:

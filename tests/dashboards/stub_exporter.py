@@ -41,7 +41,7 @@ class StubExporter:
         self.duration = Histogram(
             _base(metrics.OPERATION_DURATION.count),
             "duration",
-            (*_SYSTEM_POOL, L.OPERATION, L.ERROR),
+            (*_SYSTEM_POOL, L.OPERATION, L.QUERY_SUMMARY, L.ERROR),
             buckets=buckets,
             registry=r,
         )
@@ -51,6 +51,16 @@ class StubExporter:
         self.pending = Gauge(metrics.CONNECTION_PENDING, "pending", _SYSTEM_POOL, registry=r)
         self.timeouts = Counter(_base(metrics.CONNECTION_TIMEOUTS), "timeouts", _SYSTEM_POOL, registry=r)
         self.dead_lettered = Counter(_base(metrics.DEAD_LETTERED), "dead letters", _SYSTEM_POOL, registry=r)
+        self.overflow = Counter(_base(metrics.QUERY_SUMMARY_OVERFLOW), "overflow", _SYSTEM_POOL, registry=r)
+        group = (L.STREAM, L.GROUP)
+        self.lag = Gauge(metrics.STREAM_GROUP_LAG, "lag", group, registry=r)
+        self.stream_pending = Gauge(metrics.STREAM_GROUP_PENDING, "pending", group, registry=r)
+        self.oldest_pending = Gauge(metrics.STREAM_OLDEST_PENDING_AGE, "oldest pending age", group, registry=r)
+        self.message_age = Histogram(
+            _base(metrics.STREAM_MESSAGE_AGE.count), "message age", group, buckets=(0.01, 0.1, 1.0, 10.0), registry=r
+        )
+        self.sent = Counter(_base(metrics.MESSAGES_SENT), "sent", (L.STREAM, L.ERROR), registry=r)
+        self.consumed = Counter(_base(metrics.MESSAGES_CONSUMED), "consumed", group, registry=r)
         self.pool_times = [
             Histogram(_base(h.count), "pool time", _SYSTEM_POOL, buckets=buckets, registry=r)
             for h in (metrics.CONNECTION_WAIT_TIME, metrics.CONNECTION_USE_TIME, metrics.CONNECTION_CREATE_TIME)
@@ -86,10 +96,12 @@ class StubExporter:
     def traffic(self, pool: str, operation: str) -> None:
         """Some of everything: calls ok and failed, retries, rejections, pool figures, timeouts, dead letters."""
         system = self.clients[pool]
+        summary = f"{operation} instruments" if system == names.SYSTEM_POSTGRESQL else ""
         for _ in range(5):
-            self.duration.labels(system, pool, operation, "").observe(0.002)
-        self.duration.labels(system, pool, operation, "ConnectionResetError").observe(0.3)
-        self.duration.labels(system, pool, operation, names.ERROR_CIRCUIT_OPEN).observe(0.00001)
+            self.duration.labels(system, pool, operation, summary, "").observe(0.002)
+        self.duration.labels(system, pool, operation, summary, "ConnectionResetError").observe(0.3)
+        self.duration.labels(system, pool, operation, summary, names.ERROR_CIRCUIT_OPEN).observe(0.00001)
+        self.overflow.labels(system, pool).inc()
         self.retries.labels(system, pool, operation, "ConnectionResetError").inc()
         self.rejections.labels(system, pool, operation).inc()
         self.transitions.labels(system, pool, names.BREAKER_OPEN).inc(0)
@@ -101,3 +113,12 @@ class StubExporter:
         self.dead_lettered.labels(system, pool).inc()
         for histogram in self.pool_times:
             histogram.labels(system, pool).observe(0.001)
+
+    def stream(self, stream: str, group: str) -> None:
+        """A consumer group with a backlog: lag, pending entries and their age, entries sent, consumed, acknowledged."""
+        self.lag.labels(stream, group).set(120)
+        self.stream_pending.labels(stream, group).set(10)
+        self.oldest_pending.labels(stream, group).set(1.5)
+        self.message_age.labels(stream, group).observe(0.02)
+        self.sent.labels(stream, "").inc(50)
+        self.consumed.labels(stream, group).inc(40)

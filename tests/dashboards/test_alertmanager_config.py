@@ -39,6 +39,8 @@ SYMPTOMS = {
     rules.ACQUIRE_TIMEOUTS,
 }
 CLIENT = {L.JOB: "orders", L.INSTANCE: "10.0.0.1:9464", L.POOL: "orders-pg"}
+#: Stalled stream consumers: never inhibited (a backlog outlives the outage that caused it), paged.
+STREAM_ALERTS = {rules.STREAM_PENDING_STUCK, rules.STREAM_LAG_GROWING}
 
 
 def _amtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -139,7 +141,7 @@ def test_one_group_per_alert_per_client_per_process() -> None:
     assert all("group_by" not in child for child in route["routes"]), "children inherit the grouping"
 
 
-def test_inhibition_equal_labels_are_labels_every_alert_carries() -> None:
+def test_inhibition_equal_labels_are_labels_the_inhibiting_and_inhibited_alerts_carry() -> None:
     (rule,) = _shipped()["inhibit_rules"]
     assert set(rule["equal"]) == set(rules.BY) == {L.JOB, L.INSTANCE, L.POOL}
     # The promtool tests show the labels Prometheus really gives each alert.
@@ -150,8 +152,22 @@ def test_inhibition_equal_labels_are_labels_every_alert_carries() -> None:
                 for alert in check.get("exp_alerts") or []:
                     carried.setdefault(check["alertname"], []).append(set(alert["exp_labels"]))
     assert set(carried) == set(RULE_IDS)
-    for alertname, label_sets in carried.items():
-        assert all(set(rule["equal"]) <= labels for labels in label_sets), alertname
+    for alertname in SYMPTOMS | {rules.BREAKER_OPEN}:
+        assert all(set(rule["equal"]) <= labels for labels in carried[alertname]), alertname
+    # The stream alerts carry no client: a group's figures describe the group, whichever client observes it.
+    for alertname in STREAM_ALERTS:
+        assert all(L.POOL not in labels and {L.STREAM, L.GROUP} <= labels for labels in carried[alertname])
+
+
+def test_a_redis_breaker_open_never_silences_a_stream_alert() -> None:
+    # Even with the labels of the breaker's own process and client, a stalled consumer group is notified.
+    (breaker,) = (r for r in RULES if r.alert == rules.BREAKER_OPEN)
+    source = _labels(breaker)
+    for rule in RULES:
+        if rule.alert in STREAM_ALERTS:
+            target = _labels(rule, **{L.STREAM: "md:fills", L.GROUP: "booking"})
+            assert not _inhibited_by(source, target), rule.alert
+            assert _route(target) == ["trading-shared-page"], rule.alert
 
 
 @pytest.mark.parametrize("target", RULES, ids=RULE_IDS)

@@ -9,7 +9,8 @@ from artifacts import all_panels, generated_dashboards, unknown_names
 from promql_tokens import extract, legend_labels
 
 import dashboards.config as config
-from dashboards.metrics import names
+from dashboards import statements, streams
+from dashboards.metrics import L, names
 
 PANELS = all_panels()
 DASHBOARDS = generated_dashboards()
@@ -38,15 +39,50 @@ def test_dashboard_settings(name: str, dashboard: dict[str, Any]) -> None:
     assert len(ids) == len(set(ids)) and all(i > 0 for i in ids), "panel ids must be unique and stable"
 
 
-def test_overview_repeats_one_row_per_client() -> None:
+def _rows(dashboard: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Panels by the title of the row above them."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    current = ""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            current = panel["title"]
+            out[current] = []
+        else:
+            out.setdefault(current, []).append(panel)
+    return out
+
+
+def test_overview_repeats_one_row_per_client_then_statements_and_streams() -> None:
     overview = DASHBOARDS[f"{config.OVERVIEW_UID}.json"]
     client = next(v for v in overview["templating"]["list"] if v["name"] == config.CLIENT_VARIABLE)
     assert client["multi"] and client["includeAll"]
     rows = [p for p in overview["panels"] if p["type"] == "row"]
-    assert [r.get("repeat") for r in rows] == [config.CLIENT_VARIABLE]
-    for panel in overview["panels"][1:]:
+    assert [(r["title"], r.get("repeat")) for r in rows] == [
+        (f"${config.CLIENT_VARIABLE}", config.CLIENT_VARIABLE),
+        (statements.TITLE, None),
+        (streams.TITLE, None),
+    ]
+    by_row = _rows(overview)
+    for panel in by_row[f"${config.CLIENT_VARIABLE}"] + by_row[statements.TITLE]:
         for target in panel["targets"]:
             assert f"${config.CLIENT_VARIABLE}" in target["expr"], panel["title"]
+    # Stream group figures carry no client label: filtering them by $client would empty the panels.
+    for panel in by_row[streams.TITLE]:
+        for target in panel["targets"]:
+            assert f"${config.CLIENT_VARIABLE}" not in target["expr"], panel["title"]
+            assert {"by", frozenset({L.STREAM, L.GROUP})} & {kw for kw, _ in extract(target["expr"]).groupings}
+
+
+def test_statement_panels_stay_bounded_whatever_the_number_of_statements() -> None:
+    # topk keeps each panel to STATEMENT_TOPK series per step; the SDK's cap (then _OTHER) bounds what is stored.
+    panels = _rows(DASHBOARDS[f"{config.OVERVIEW_UID}.json"])[statements.TITLE]
+    summary_panels = [p for p in panels if any(L.QUERY_SUMMARY in extract(t["expr"]).labels for t in p["targets"])]
+    assert len(summary_panels) == 3
+    for panel in summary_panels:
+        for target in panel["targets"]:
+            assert target["expr"].startswith(f"topk({config.STATEMENT_TOPK}, "), panel["title"]
+            assert f'{L.SYSTEM}="{names.SYSTEM_POSTGRESQL}"' in target["expr"]
+            assert L.QUERY_SUMMARY in target["legendFormat"]
 
 
 def test_overview_has_the_promised_panels() -> None:
@@ -65,6 +101,15 @@ def test_overview_has_the_promised_panels() -> None:
         "Connection acquire wait p99",
         "Connection acquire timeouts/s",
         "Dead-lettered messages",
+        f"Slowest statements (p99, top {config.STATEMENT_TOPK})",
+        f"Time share by statement (top {config.STATEMENT_TOPK})",
+        f"Errors/s by statement (top {config.STATEMENT_TOPK})",
+        "Statements past the summary cap",
+        "Consumer-group lag",
+        "Pending entries",
+        "Oldest pending entry age",
+        "Processing age (append to acknowledgement)",
+        "Produced vs consumed/s",
     } <= set(by_type)
 
 

@@ -69,5 +69,11 @@ def test_repeated_rows_give_one_query_per_value_and_hidden_targets_are_skipped()
 def test_generated_overview_expands_completely() -> None:
     overview = json.loads((render.GENERATED_DIR / f"{config.OVERVIEW_UID}.json").read_text())
     out = panel_queries(overview, {"job": "orders", "client": ["main-pg", "quotes"], "__rate_interval": "4s"})
-    assert len(out) == 2 * sum(len(p.get("targets", [])) for p in overview["panels"])
+    # The client row's panels once per client; the statement and stream rows (not repeated) once.
+    rows = [i for i, p in enumerate(overview["panels"]) if p["type"] == "row"]
+    assert [overview["panels"][i].get("repeat") for i in rows] == ["client", None, None]
+    repeated = sum(len(p.get("targets", [])) for p in overview["panels"][rows[0] : rows[1]])
+    once = sum(len(p.get("targets", [])) for p in overview["panels"][rows[1] :])
+    assert len(out) == 2 * repeated + once
     assert all("$" not in expr for _, expr in out)
+    assert sum('=~"(main-pg|quotes)"' in expr for _, expr in out) > 0, "unrepeated rows see every selected client"

@@ -37,6 +37,7 @@ def stub() -> Iterator[StubExporter]:
     )
     for pool in PANEL_CLIENTS:
         exporter.traffic(pool, "GET")
+    exporter.stream("md:fills", "booking")
     yield exporter
     exporter.stop()
 
