@@ -17,6 +17,11 @@ The workload gives every dashboard panel something to show:
   entry in a ``process`` span, all acknowledged but one per round, so pending and its age grow), and every
   ``--dead-letter-every`` seconds a poison message read through a consumer group and moved to ``dlq:<stream>`` with
   ``dead_letter_message``. Both streams and groups are declared (``telemetry_streams``): their health is exported.
+* With ``--orders-stream``: a producer appending to ``e2e:orders`` (20 entries/s) and a consumer of its group
+  ``booking`` that reads and acknowledges everything every 0.1 s; the client observes the group too. SIGUSR1 stalls
+  the consumer: it takes one more batch and holds it unacknowledged, reading nothing more; SIGUSR2 resumes it (it
+  acknowledges what it held and reads on). With ``--duplicate-every``: an INSERT that violates the primary key
+  (a caller error, for the errors-by-statement panel).
 
 Breakers and retries are short (fail_max 3, reset_timeout 1 s, 3 attempts within a 1 s deadline) so that stopping a
 server opens a breaker within a second and recovery closes it within a second. Failed calls are counted, never
@@ -59,6 +64,7 @@ PG_CLIENT = "orders-pg"  # defaults of --pg-name / --redis-name
 REDIS_CLIENT = "quotes-redis"
 POISON_STREAM = "e2e:poison"
 TICKS_STREAM = "e2e:ticks"
+ORDERS_STREAM, ORDERS_GROUP = "e2e:orders", "booking"
 
 RETRY = RetrySettings(max_attempts=3, initial_backoff=0.05, max_backoff=0.2, jitter=0.05, deadline=1.0)
 BREAKER = BreakerSettings(fail_max=3, reset_timeout=1.0)
@@ -86,7 +92,11 @@ def _settings(args: argparse.Namespace) -> tuple[PostgresSettings, RedisSettings
         socket_connect_timeout=0.5,
         retry=RETRY,
         breaker=BREAKER,
-        telemetry_streams=[f"{TICKS_STREAM}=candles", f"{POISON_STREAM}=e2e"],
+        telemetry_streams=[
+            f"{TICKS_STREAM}=candles",
+            f"{POISON_STREAM}=e2e",
+            *([f"{ORDERS_STREAM}={ORDERS_GROUP}"] if args.orders_stream else []),
+        ],
     )
     return pg, redis
 
@@ -99,6 +109,10 @@ class Workload:
         self.redis = redis
         self.args = args
         self.outcomes: Counter[tuple[str, str]] = Counter()
+        #: Set while the orders consumer runs; cleared by SIGUSR1 (stall), set again by SIGUSR2 (resume).
+        self.consuming = asyncio.Event()
+        self.consuming.set()
+        self._unacked: list[bytes] = []
 
     async def _guard(self, loop: str, call: Callable[[], Awaitable[object]]) -> None:
         try:
@@ -134,6 +148,11 @@ class Workload:
 
         await self.pg.transaction(body, idempotent=True)
 
+    async def _pg_duplicate(self) -> None:
+        """A caller error: the same primary key inserted again (UniqueViolationError, never retried)."""
+        with contextlib.suppress(asyncpg.UniqueViolationError):
+            await self.pg.execute("INSERT INTO e2e_ticks (id, v) VALUES ($1, $2)", 1000, 1)
+
     async def _pg_hog(self) -> None:
         """Hold both pooled connections for a while: the other callers wait, then time out."""
 
@@ -165,6 +184,26 @@ class Workload:
         for entry in await self.redis.read_stream_messages(POISON_STREAM, "e2e", "worker", count=10):
             await self.redis.dead_letter_message(POISON_STREAM, "e2e", entry, reason="unparsable price")
 
+    async def _produce_order(self) -> None:
+        await self.redis.xadd(ORDERS_STREAM, {"px": "101.25", "qty": "5"}, maxlen=10_000)
+
+    async def _consume_orders(self) -> None:
+        """Acknowledge what an earlier round could not (a failed XACK), then read and acknowledge a batch; when
+        stalled, take one batch more and hold it until resumed."""
+        if self._unacked:
+            await self.redis.acknowledge_message(ORDERS_STREAM, ORDERS_GROUP, *self._unacked)
+            self._unacked = []
+        await self.redis.ensure_consumer_group(ORDERS_STREAM, ORDERS_GROUP)
+        stalled = not self.consuming.is_set()
+        entries = await self.redis.read_stream_messages(ORDERS_STREAM, ORDERS_GROUP, "booker-1", count=100)
+        self._unacked = [bytes(e.id) for e in entries]
+        if stalled and entries:
+            _log.warning("orders consumer stalled, holding %d entries", len(entries))
+            await self.consuming.wait()
+        if self._unacked:
+            await self.redis.acknowledge_message(ORDERS_STREAM, ORDERS_GROUP, *self._unacked)
+            self._unacked = []
+
     async def run(self) -> None:
         """Run every loop until cancelled."""
         a = self.args
@@ -178,6 +217,13 @@ class Workload:
             self._every("redis_consume", 0.5, self._redis_consume),
             self._every("redis_dead_letter", a.dead_letter_every, self._redis_dead_letter),
         ]
+        if a.orders_stream:
+            loops += [
+                self._every("orders_produce", 0.05, self._produce_order),
+                self._every("orders_consume", 0.1, self._consume_orders),
+            ]
+        if a.duplicate_every > 0:
+            loops.append(self._every("pg_duplicate", a.duplicate_every, self._pg_duplicate))
         async with asyncio.TaskGroup() as group:
             for loop in loops:
                 group.create_task(loop)
@@ -214,6 +260,8 @@ async def main_async(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     workload = Workload(pg, redis, args)
+    loop.add_signal_handler(signal.SIGUSR1, workload.consuming.clear)
+    loop.add_signal_handler(signal.SIGUSR2, workload.consuming.set)
     try:
         await pg.connect()
         await redis.connect()
@@ -257,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hog-seconds", type=float, default=0.45, help="how long each hog holds a connection")
     parser.add_argument("--dead-letter-every", type=float, default=2.0, help="seconds between dead-lettered writes")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="exit after this long whatever happens")
+    parser.add_argument("--orders-stream", action="store_true", help="produce to and consume an observed stream")
+    parser.add_argument("--duplicate-every", type=float, default=0.0, help="seconds between duplicate-key INSERTs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     return asyncio.run(main_async(args))
