@@ -64,9 +64,10 @@ class StreamTelemetry(RedisBase):
         whose names are fine to export and few (at most 200 per client; each is a metric label value).
         """
         self._streams.declare(stream)
+        self._streams.prime(stream, None)
         for group in groups:
             self._streams.declare(stream, group)
-        self._streams.prime(stream, groups[0] if groups else None)
+            self._streams.prime(stream, group)
 
     def observe_stream(self, stream: Key, group: Key) -> None:
         """Declare ``stream`` and ``group`` (:meth:`declare_stream`) and export the group's health: the
