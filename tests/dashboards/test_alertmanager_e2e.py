@@ -142,7 +142,7 @@ def test_redis_outage_pages_once_for_the_breaker_and_never_for_its_symptoms(
         def resolved_page() -> list[Notification]:
             for name in s.redis_alerts():
                 last_firing[name] = time.time() - s.t0
-            return s.hooks.received(lambda n: n.path == PAGE and n.status == "resolved")
+            return [n for n in s.redis_notifications(PAGE) if n.status == "resolved"]
 
         _until(resolved_page, timeout=35, message="no resolved page", stack=s)
         time.sleep(2.5)  # two more group intervals: anything late would show
