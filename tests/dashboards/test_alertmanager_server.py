@@ -112,3 +112,24 @@ def test_a_symptom_resolved_under_inhibition_is_never_notified(am: AlertmanagerS
         ("firing", [(rules.BREAKER_OPEN, "firing")]),
         ("resolved", [(rules.BREAKER_OPEN, "resolved")]),
     ]
+
+
+def test_a_redis_breaker_open_does_not_silence_the_stream_alerts_of_its_process(
+    am: AlertmanagerServer, hooks: WebhookReceiver
+) -> None:
+    # The observing process's Redis client has an open breaker; the groups it observes page anyway: a backlog
+    # outlives the outage and needs its own resolved notification. Their alerts carry the group, not the client;
+    # given the breaker's client label too, they would still not be inhibited (no inhibit rule targets them).
+    redis = {**A, L.POOL: "quotes-redis"}
+    group = {**redis, L.STREAM: "md:fills", L.GROUP: "booking"}
+    stream_alerts = [rules.STREAM_PENDING_STUCK, rules.STREAM_LAG_GROWING]
+    am.post_alerts([_alert(rules.BREAKER_OPEN, redis), *(_alert(a, group) for a in stream_alerts)])
+    for alert in [rules.BREAKER_OPEN, *stream_alerts]:
+        hooks.wait_for(lambda n, a=alert: n.path == PAGE and n.group.get("alertname") == a, timeout=10)
+    time.sleep(1.0)
+
+    assert sorted(n.alerts() for n in _of(hooks, A, PAGE)) == sorted(
+        [[(a, "firing")] for a in [rules.BREAKER_OPEN, *stream_alerts]]
+    )
+    held = {a["labels"]["alertname"]: a["status"] for a in am.alerts()}
+    assert all(held[a] == {**held[a], "state": "active", "inhibitedBy": []} for a in stream_alerts), held
