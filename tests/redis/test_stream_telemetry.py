@@ -210,3 +210,16 @@ async def test_declared_streams_are_named_and_nothing_else_is(
     text = otel.everything_as_text()
     for secret in ("SECRET", "acct:", "grp-", "payload", "7f3a", "91c2", "dlq:"):
         assert secret not in text, secret
+
+
+async def test_the_old_multi_stream_read_strips_the_field_too(
+    make_redis: Callable[..., RedisClient], redis_url: str
+) -> None:
+    async with make_redis() as r:
+        assert await r.read_grouped_streams(GROUP, "c", {STREAM: ">"}, block=50) == []  # creates the group
+        await r.xadd(STREAM, {"px": "1"})
+        reply = await r.read_grouped_streams(GROUP, "c", {STREAM: ">"}, block=50)
+    [(_, [(_, fields)])] = reply
+    assert fields == {b"px": b"1"}  # old callers iterate the fields: they see what they wrote
+    [(_, raw_fields)] = await _raw_entries(redis_url, STREAM)
+    assert b"traceparent" in raw_fields

@@ -28,7 +28,7 @@ from .endpoints import Key
 from .pool import Commands
 from .pubsub import Subscription, managed_pubsub
 from .stream_commands import StreamCommands, create_group
-from .streams import ClaimResult, StreamEntry
+from .streams import ClaimResult, StreamEntry, strip_traceparent
 
 T = TypeVar("T")
 
@@ -373,4 +373,4 @@ class LegacyCommands(StreamCommands):
             return []
 
         result = await self._call("XREADGROUP", read, idempotent=True, blocking=block / 1000, key=names[0])
-        return list(result or [])
+        return list(strip_traceparent(result) or [])  # the fields as written: no trace context field

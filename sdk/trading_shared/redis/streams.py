@@ -271,6 +271,16 @@ def entries(raw: Any) -> list[StreamEntry]:
     return out
 
 
+def strip_traceparent(reply: Any) -> Any:
+    """Remove the ``traceparent`` field from every entry of a multi-stream XREADGROUP reply (redis-py's
+    ``[[stream, [(id, fields), ...]], ...]``), in place; returns ``reply``."""
+    for _, raw in reply or ():
+        for _, fields in raw or ():
+            if fields:
+                fields.pop(TRACEPARENT, None)
+    return reply
+
+
 def entry_time_ms(entry_id: str | bytes) -> int | None:
     """The append time (Unix ms) a stream entry ID carries, or None when it is not a ``<ms>-<seq>`` ID."""
     text = entry_id if isinstance(entry_id, bytes) else entry_id.encode()
