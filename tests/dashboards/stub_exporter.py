@@ -114,6 +114,14 @@ class StubExporter:
         for histogram in self.pool_times:
             histogram.labels(system, pool).observe(0.001)
 
+    def statements(self, pool: str, count: int) -> None:
+        """Calls of ``count`` distinct statements (``SELECT t0`` ...), a few of them failed."""
+        system = self.clients[pool]
+        for i in range(count):
+            self.duration.labels(system, pool, "SELECT", f"SELECT t{i}", "").observe(0.001 * (i + 1))
+            if i % 2 == 0:
+                self.duration.labels(system, pool, "SELECT", f"SELECT t{i}", "57014").observe(0.5)
+
     def stream(self, stream: str, group: str) -> None:
         """A consumer group with a backlog: lag, pending entries and their age, entries sent, consumed, acknowledged."""
         self.lag.labels(stream, group).set(120)

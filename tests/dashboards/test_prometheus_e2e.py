@@ -17,12 +17,14 @@ from stub_exporter import StubExporter
 import dashboards.config as config
 import dashboards.render as render
 import dashboards.rules as rules
-from dashboards.metrics import BREAKER_STATE, L, names
+from dashboards.metrics import BREAKER_STATE, OPERATION_DURATION, L, names
 
 JOB = "stub-service"
 #: Clients of the stub: one per test, so the tests do not depend on each other's breaker history.
 LONG_OPEN, SHORT_OPEN = "orders-pg", "quotes"
 PANEL_CLIENTS = {"main-pg": names.SYSTEM_POSTGRESQL, "cache": names.SYSTEM_REDIS}
+#: A PostgreSQL client with three times as many distinct statements as the statement panels show.
+MANY_STATEMENTS = "ledger-pg"
 TIMEOUT = 20.0
 
 
@@ -32,12 +34,14 @@ def stub() -> Iterator[StubExporter]:
         [
             (names.SYSTEM_POSTGRESQL, LONG_OPEN),
             (names.SYSTEM_REDIS, SHORT_OPEN),
+            (names.SYSTEM_POSTGRESQL, MANY_STATEMENTS),
             *((s, p) for p, s in PANEL_CLIENTS.items()),
         ]
     )
     for pool in PANEL_CLIENTS:
         exporter.traffic(pool, "GET")
     exporter.stream("md:fills", "booking")
+    exporter.statements(MANY_STATEMENTS, 3 * config.STATEMENT_TOPK)
     yield exporter
     exporter.stop()
 
@@ -114,3 +118,16 @@ def test_every_panel_query_returns_data(stub: StubExporter, prom: PrometheusServ
         prom.wait_for(lambda pool=pool: _seen_for(prom, pool, 4), timeout=TIMEOUT)
     empty = [(title, expr) for title, expr in queries if not prom.query(expr)]
     assert empty == []
+
+
+def test_statement_panels_show_the_top_statements_only(stub: StubExporter, prom: PrometheusServer) -> None:
+    overview = json.loads((render.GENERATED_DIR / f"{config.OVERVIEW_UID}.json").read_text())
+    variables = {config.JOB_VARIABLE: JOB, config.CLIENT_VARIABLE: [MANY_STATEMENTS], "__rate_interval": "4s"}
+    queries = [(t, e) for t, e in panel_queries(overview, variables) if "statement" in t.lower()]
+    summaries = f'count(count by ({L.QUERY_SUMMARY}) ({OPERATION_DURATION.count}{{{L.POOL}="{MANY_STATEMENTS}"}}))'
+    stored = prom.wait_for(lambda: prom.query(summaries), timeout=TIMEOUT)
+    assert float(stored[0]["value"][1]) == 3 * config.STATEMENT_TOPK
+    by_statement = [(t, e) for t, e in queries if L.QUERY_SUMMARY in e and "topk" in e]
+    assert len(by_statement) == 3
+    for title, expr in by_statement:
+        assert len(prom.query(expr)) == config.STATEMENT_TOPK, title
