@@ -5,6 +5,7 @@ parameter value or SQL literal anywhere in telemetry."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -190,8 +191,10 @@ async def test_retries_and_rejections_carry_the_duration_points_operation(
     try:
         with pytest.raises(ServiceUnavailableError, match="SELECT pg_class failed"):
             await pg.fetchval("SELECT count(*) FROM pg_class WHERE relname = $1", PARAM)
-        with pytest.raises(CircuitOpenError, match="SELECT pg_class was not sent"):
+        with pytest.raises(CircuitOpenError, match="SELECT pg_class was not sent") as rejection:
             await pg.fetchval("SELECT count(*) FROM pg_class WHERE relname = $1", PARAM)
+        copied = pickle.loads(pickle.dumps(rejection.value))  # errors name the summary, as a plain string
+        assert (copied.operation, type(copied.operation)) == ("SELECT pg_class", str)
     finally:
         await asyncio.to_thread(pg_server.start)
         await pg.close()
