@@ -102,7 +102,7 @@ async def test_copy_records_and_identifier_quoting(make_pg: Callable[..., Postgr
 
 
 async def test_reads_are_idempotent_writes_are_not_unless_said(make_pg: Callable[..., PostgresClient]) -> None:
-    from trading_shared.postgres.client import _idempotent
+    from trading_shared.postgres.transactions import idempotent as _idempotent
 
     pg = make_pg()
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 from opentelemetry.metrics import MeterProvider
@@ -19,7 +18,7 @@ from opentelemetry.trace import TracerProvider
 from ..errors import DeadlineExceededError, ServiceUnavailableError
 from ..resilience.breaker import CircuitBreaker
 from ..resilience.deadline import CallSteps
-from ..resilience.faults import Fault, PartlyApplied, RequestNotSent
+from ..resilience.faults import PartlyApplied, RequestNotSent
 from ..resilience.pipeline import CallPipeline
 from ..settings import PostgresSettings
 from ..telemetry.instruments import PoolStats
@@ -30,13 +29,12 @@ from .legacy import LegacyMethods
 from .pool import PoolGate, create_gate
 from .query_telemetry import PostgresTelemetry, SqlOperation
 from .statement_spans import end_statement_scope, statement_scope
+from .transactions import Isolation, transaction_body
+from .transactions import idempotent as idempotent_read
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
-Isolation = Literal["read_committed", "repeatable_read", "serializable"]
-_READ_START = re.compile(r"^\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*(SELECT|WITH|SHOW|VALUES|TABLE|EXPLAIN)\b", re.I | re.S)
-_WRITE_WORD = re.compile(r"\b(INSERT|UPDATE|DELETE|MERGE|COPY|ANALYZE|LOCK|NEXTVAL|SETVAL|SET_CONFIG)\b", re.I)
 _STATUS_COUNT = re.compile(r"(\d+)$")
 
 
@@ -208,7 +206,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
             )
         op = self._telemetry.statement("fetch", query, summary)
         result: list[asyncpg.Record] = await self._run(
-            op, lambda c: c.fetch(query, *args, timeout=timeout), _idempotent(op, query, idempotent)
+            op, lambda c: c.fetch(query, *args, timeout=timeout), idempotent_read(op, query, idempotent)
         )
         return result
 
@@ -228,7 +226,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
             )
         op = self._telemetry.statement("fetchrow", query, summary)
         result: asyncpg.Record | None = await self._run(
-            op, lambda c: c.fetchrow(query, *args, timeout=timeout), _idempotent(op, query, idempotent)
+            op, lambda c: c.fetchrow(query, *args, timeout=timeout), idempotent_read(op, query, idempotent)
         )
         return result
 
@@ -253,7 +251,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
         return await self._run(
             op,
             lambda c: c.fetchval(query, *args, column=column, timeout=timeout),
-            _idempotent(op, query, idempotent),
+            idempotent_read(op, query, idempotent),
         )
 
     async def transaction(
@@ -294,29 +292,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
         idempotent: bool = False,
     ) -> T:
         """:meth:`transaction`, named by ``op``."""
-
-        async def body(conn: asyncpg.Connection) -> T:
-            tx = conn.transaction(isolation=isolation, readonly=readonly)
-            try:
-                await tx.start()
-                result = await fn(conn)
-            except BaseException as exc:
-                if connections.is_closed(conn):
-                    if isinstance(exc, Exception):  # the connection died before COMMIT: rolled back
-                        raise RequestNotSent(connections.lost(exc)) from exc
-                    raise
-                if not isinstance(exc, Exception):
-                    raise  # cancelled (maybe by the deadline): no await here; the pool's release rolls back
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                if isinstance(exc, Exception) and self._errors.classify(exc) is Fault.INDETERMINATE:
-                    raise RequestNotSent(exc) from exc  # never committed: the server rolled it back
-                raise
-            if connections.is_closed(conn):
-                raise RequestNotSent(asyncpg.ConnectionDoesNotExistError("connection lost before COMMIT was sent"))
-            await tx.commit()  # a failure here may or may not have committed
-            return result
-
+        body = transaction_body(fn, isolation, readonly, self._errors)
         return await self._run(op, body, idempotent)
 
     async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:
@@ -409,13 +385,3 @@ class PostgresClient(BulkMethods, LegacyMethods):
 
     def _breaker_states(self) -> list[tuple[dict[str, str], str]]:
         return [(self._telemetry.pool_attributes, self.breaker.state.value)]
-
-
-def _idempotent(op: SqlOperation, query: str, given: bool | None) -> bool:
-    """``given``, else whether ``query`` only reads (cached on the operation, made once per statement text)."""
-    if given is not None:
-        return given
-    known = op.readonly
-    if known is None:
-        known = op.readonly = bool(_READ_START.match(query)) and not _WRITE_WORD.search(query)
-    return known
