@@ -101,7 +101,7 @@ def statement_operation(method: str, names_: QueryNames, summary: str | None, ba
         fallback = f"{BATCH} {fallback}" if fallback is not None else BATCH
     return SqlOperation(
         method=method,
-        summary=summary if summary is not None else own,
+        summary=summary or own,
         operation=operation,
         fallback=fallback if fallback is not None else method,
         collection=names_.collection,
@@ -129,7 +129,7 @@ class PostgresTelemetry(ClientTelemetry):
     def statement(self, method: str, query: str, summary: str | None = None) -> SqlOperation:
         """The operation of ``method`` running ``query`` once (a look-up after the first call)."""
         by_query = self._ops.get(method)
-        if by_query is not None and summary is None:
+        if by_query is not None and not summary:
             found = by_query.get(query)
             if found is not None:
                 return found
@@ -164,7 +164,7 @@ class PostgresTelemetry(ClientTelemetry):
         return found
 
     def _new_statement(self, method: str, query: str, summary: str | None) -> SqlOperation:
-        if summary is not None:
+        if summary:
             return self.statements(method, (query,), summary)
         op = statement_operation(method, self._summaries(query), None, None)
         if self._cached < MAX_CACHED_STATEMENTS and len(query) <= self._chars_left:
