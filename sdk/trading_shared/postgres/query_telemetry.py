@@ -29,7 +29,7 @@ from ..telemetry.query_summary import OVERFLOW, CardinalityCap, QueryNames, Quer
 
 _log = logging.getLogger("trading_shared.telemetry.client")
 
-#: Statement texts whose operations a client keeps (per method), and the characters they may hold in all.
+#: Operations a client keeps (all methods together), and the characters their statement texts may hold in all.
 MAX_CACHED_STATEMENTS = 1000
 MAX_CACHED_CHARS = 1_000_000
 BATCH = "BATCH"
