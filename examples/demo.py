@@ -7,12 +7,14 @@
 3. Stops Redis for a while, then brings it back (your own Redis is never stopped: a TCP proxy in front of it
    resets every connection instead).
 4. Prints a progress line every second, then a summary (operations, retries, breaker transitions, alert states,
-   and the notifications a person would have received: a private Alertmanager with the repository's routing and
-   inhibition gets Prometheus's alerts and notifies a webhook in the demo) and draws the dashboard's main panels from
-   Prometheus's data into ``demo-output/dashboard.png``.
+   the notifications a person would have received: a private Alertmanager with the repository's routing and
+   inhibition gets Prometheus's alerts and notifies a webhook in the demo; the slowest statements by their query
+   summary; one tick's trace from its ``send`` to the candle upsert, read from the spans the daemon wrote to
+   ``demo-output/spans.jsonl``) and draws the dashboard's main panels, the statement and stream panels included,
+   from Prometheus's data into ``demo-output/dashboard.png``.
 
 ``--quick`` runs a shorter scenario (~30 s) for tests. The exit code is 0 when the daemon shut down cleanly, every
-valid tick ended up in exactly one candle, and the picture was written.
+valid tick ended up in exactly one candle, the picture was written and one tick's trace was found.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from demo_dashboard import draw_dashboard
 from demo_progress import POOL, AlertLog, ClientFigures, PrometheusAPI, rate, scrape
 from demo_servers import ROOT, PrometheusServer, RedisServer, free_port, private_servers
+from demo_trace import find_tick_trace, read_spans, render
 from pydantic import SecretStr
 
 from trading_shared import PostgresClient, PostgresSettings
@@ -118,6 +121,8 @@ class Demo:
         self.hooks: Any = None
         #: Alerts Alertmanager held back (inhibited): (alertname, client) -> seconds since start, first seen.
         self.inhibited: dict[tuple[str, str], float] = {}
+        self.statements: list[str] = []  # the slowest statements, as summary lines
+        self.trace: list[str] = []  # one tick's trace, as summary lines
 
     def elapsed(self) -> float:
         """Seconds since the demo started."""
@@ -165,6 +170,8 @@ class Demo:
                 self.figures = await asyncio.to_thread(scrape, metrics_url)
             code = await self.stop_daemon(daemon)
             png = await self.picture(prom)
+            self.statements = await self.slowest_statements(prom)
+            self.trace = self.tick_trace()
             drain_code = await self.drain(env)
             self.check(baseline, await ticks_in_candles(servers.postgres_dsn), drain_code)
         return self.summary(code, png)
@@ -237,6 +244,7 @@ class Demo:
         self, stack: contextlib.AsyncExitStack, env: dict[str, str], metrics_port: int
     ) -> asyncio.subprocess.Process:
         """The long-running example, as its own process (as it would be deployed)."""
+        self.spans_file.unlink(missing_ok=True)
         log = (self.output / "daemon.log").open("wb")
         stack.callback(log.close)
         proc = await asyncio.create_subprocess_exec(
@@ -249,6 +257,8 @@ class Demo:
             str(metrics_port),
             "--stats-file",
             str(self.output / "stats.json"),
+            "--spans-file",
+            str(self.spans_file),
             "--bucket-seconds",
             "10",
             "--stream",
@@ -399,6 +409,48 @@ class Demo:
             say(f"could not draw the dashboard: {exc!r}")
             return None
 
+    @property
+    def spans_file(self) -> Path:
+        """Where the daemon writes its spans (JSON lines)."""
+        return self.output / "spans.jsonl"
+
+    async def slowest_statements(self, prom: PrometheusAPI, top: int = 3) -> list[str]:
+        """The PostgreSQL statements with the highest p99 over the run, named by their query summary."""
+        window = f"{max(1, round(time.time() - self.epoch0))}s"
+        selector = f'job="{JOB}", db_system_name="postgresql", db_query_summary!=""'
+        p99 = (
+            f"topk({top}, histogram_quantile(0.99, sum by (db_query_summary, le) "
+            f"(increase(db_client_operation_duration_seconds_bucket{{{selector}}}[{window}]))))"
+        )
+        counts = (
+            f"sum by (db_query_summary) (increase(db_client_operation_duration_seconds_count{{{selector}}}[{window}]))"
+        )
+        try:
+            slow = await asyncio.to_thread(prom.query, p99)
+            calls = {
+                r["metric"].get("db_query_summary"): float(r["value"][1])
+                for r in await asyncio.to_thread(prom.query, counts)
+            }
+        except Exception as exc:
+            return [f"  could not query Prometheus: {exc!r}"]
+        rows = sorted(slow, key=lambda r: -float(r["value"][1]))
+        return [
+            f"  {r['metric'].get('db_query_summary', '?'):<28} p99 {float(r['value'][1]) * 1000:8.1f} ms   "
+            f"{calls.get(r['metric'].get('db_query_summary'), 0):>8,.0f} calls"
+            for r in rows
+            if float(r["value"][1]) == float(r["value"][1])  # NaN: no calls in the window
+        ]
+
+    def tick_trace(self) -> list[str]:
+        """One tick's way from the producer's send span to the candle upsert, from the daemon's span file."""
+        try:
+            trace = find_tick_trace(read_spans(self.spans_file))
+        except OSError as exc:
+            return [f"One tick's trace: no span file ({exc})"]
+        if trace is None:
+            return [f"One tick's trace: NOT FOUND in {self.spans_file}"]
+        return render(trace, self.spans_file)
+
     # -- the end -----------------------------------------------------------------------------------------------------
     def notification_lines(self) -> list[str]:
         """What a person would have received: the webhook notifications, and what inhibition held back."""
@@ -457,15 +509,20 @@ class Demo:
             lines.append(f"  note: {name} ({pool}) was already active before the outage: not caused by it")
         outages = ", ".join(f"{a - self.epoch0:.0f}s to {b - self.epoch0:.0f}s" for a, b, _ in self.outages)
         lines += [f"  (Redis was down from {outages})", *self.notification_lines()]
+        lines += ["", "Slowest PostgreSQL statements over the run (p99 by db.query.summary, from Prometheus):"]
+        lines += self.statements or ["  none recorded"]
+        lines += ["", *self.trace]
         lines += [
             "",
             f"Dashboard picture: {png if png else 'NOT WRITTEN'}",
-            f"Logs and stats: {self.output}/ (daemon.log, daemon-drain.log, janitor.log, stats.json, summary.txt)",
+            f"Logs and stats: {self.output}/ (daemon.log, daemon-drain.log, janitor.log, stats.json, spans.jsonl, "
+            "summary.txt)",
         ]
         text = "\n".join(lines)
         say(text)
         (self.output / "summary.txt").write_text(text.lstrip() + "\n")
-        return 0 if code == 0 and v.get("ok") and png is not None else 1
+        traced = bool(self.trace) and self.trace[0].startswith("One tick's trace, from")
+        return 0 if code == 0 and v.get("ok") and png is not None and traced else 1
 
 
 async def ticks_in_candles(dsn: str) -> int:

@@ -2,7 +2,8 @@
 
 The queries are the dashboard's own: read from ``dashboards/generated/trading-shared-overview.json`` and expanded
 the way Grafana would (``$job``, ``$client``, ``$__rate_interval``), one column per client. Panels: Operations/s,
-Error ratio, p99 latency by operation, Circuit breaker state, Pool connections.
+Error ratio, p99 latency by operation, Circuit breaker state, Pool connections; then the PostgreSQL statement panels
+beside the Redis stream panels.
 """
 
 from __future__ import annotations
@@ -32,13 +33,33 @@ from panel_queries import interpolate  # noqa: E402  (tests/dashboards, like dem
 OVERVIEW = ROOT / "dashboards" / "generated" / "trading-shared-overview.json"
 
 #: (dashboard panel title, y-axis label, keep only targets whose legend starts with this prefix)
-PANELS = (
+Panel = tuple[str, str, str]
+#: One row per entry: the panel in every client's column, or a mapping client -> that column's panel.
+PANELS: tuple[Panel | dict[str, Panel], ...] = (
     ("Operations/s", "calls/s", ""),
     ("Error ratio", "failed / all", ""),
     ("Latency by operation", "p99 seconds", "p99"),
     ("Circuit breaker state", "state", ""),
     ("Pool connections", "connections", ""),
+    {
+        "postgres": ("Slowest statements (p99, top 10)", "p99 seconds", ""),
+        "redis": ("Consumer-group lag", "entries", ""),
+    },
+    {
+        "postgres": ("Time share by statement (top 10)", "seconds/s", ""),
+        "redis": ("Processing age (append to acknowledgement)", "p99 seconds", "p99"),
+    },
 )
+
+
+def _panel(row: Panel | dict[str, Panel], client: str) -> Panel | None:
+    return row.get(client) if isinstance(row, dict) else row
+
+
+def _all_panels() -> list[Panel]:
+    return [p for row in PANELS for p in (row.values() if isinstance(row, dict) else [row])]
+
+
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 QueryRange = Callable[[str, float, float, str], list[dict[str, Any]]]
 
@@ -57,7 +78,7 @@ def panel_targets(client: str, job: str, rate_interval: str) -> dict[str, list[T
     templating = dashboard.get("templating", {}).get("list", [])
     multi = {v["name"]: bool(v.get("multi") or v.get("includeAll")) for v in templating}
     values = {"job": job, "client": client, "__rate_interval": rate_interval, "__interval": "1s", "__range": "1h"}
-    wanted = {title: prefix for title, _, prefix in PANELS}
+    wanted = {title: prefix for title, _, prefix in _all_panels()}
     found: dict[str, list[Target]] = {}
 
     def visit(panels: Sequence[dict[str, Any]]) -> None:
@@ -119,8 +140,13 @@ def draw_dashboard(
     )
     for col, client in enumerate(clients):
         targets = panel_targets(client, job, rate_interval)
-        for row, (panel, ylabel, _) in enumerate(PANELS):
+        for row, cell in enumerate(PANELS):
             ax = axes[row][col]
+            chosen = _panel(cell, client)
+            if chosen is None:
+                ax.set_axis_off()
+                continue
+            panel, ylabel, _ = chosen
             ax.set_title(f"{panel} - {client}", fontsize=10, loc="left")
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(True, alpha=0.3)

@@ -195,6 +195,14 @@ class Consumer:
                 return False
             return True
         self.stats.consumed += len(entries)
+        # One CONSUMER span for the batch, linked to the producers' spans (their contexts travel in the entries):
+        # the candle upsert and the acknowledgement below are its children, so a tick's trace leads to them.
+        with self.redis.process_span(self.args.stream, self.args.group, entries):
+            await self.fold(entries)
+        return False
+
+    async def fold(self, entries: list[StreamEntry]) -> None:
+        """Fold a batch of entries into candles, then write and acknowledge (poison entries to the DLQ)."""
         ticks = []
         for entry in entries:
             try:
@@ -210,7 +218,6 @@ class Consumer:
             else:
                 self.stats.duplicates += 1
         await self.flush()
-        return False
 
     async def load(self, keys: set[CandleKey]) -> None:
         """Bring candles already in the database into memory before folding more ticks into them."""
@@ -339,6 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prometheus-port", type=int, help="serve /metrics on this port (0: any free port)")
     p.add_argument("--report-every", type=float, default=1.0)
     p.add_argument("--stats-file", type=Path, help="keep a JSON copy of the stats here")
+    p.add_argument("--spans-file", type=Path, help="also write every span here, one JSON object per line")
     return p.parse_args(argv)
 
 
@@ -347,13 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     telemetry = None
-    if args.prometheus_port is not None or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+    if args.prometheus_port is not None or args.spans_file or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         from telemetry_setup import setup_telemetry
 
-        telemetry = setup_telemetry("market-data-daemon", prometheus_port=args.prometheus_port)
+        telemetry = setup_telemetry(
+            "market-data-daemon", prometheus_port=args.prometheus_port, spans_file=args.spans_file
+        )
         if telemetry.prometheus_port is not None:
             print(f"metrics: {telemetry.metrics_url}", flush=True)
     pg, redis = PostgresClient(), RedisClient()
+    # Names the stream and group in telemetry (keys stay out of it unless declared) and exports the group's lag,
+    # pending count and oldest pending age.
+    redis.observe_stream(args.stream, args.group)
     stats, producer_done = Stats(), asyncio.Event()
     producer = Producer(redis, args, stats, producer_done)
     consumer = Consumer(pg, redis, args, stats, producer_done)

@@ -17,6 +17,8 @@ This module is one way for an application to set them (``pip install trading-sha
   ``OTEL_SDK_DISABLED=true`` turns everything off.
 * Metrics are also served for Prometheus to scrape on ``http://<host>:<port>/metrics`` when ``prometheus_port``
   is given (0 picks a free port; ``Telemetry.prometheus_port`` says which).
+* Spans are also written to ``spans_file``, one JSON object per line, when it is given (the demo reads it back to
+  print one tick's trace; a file is no tracing backend).
 
 Never enable redis-py's own OpenTelemetry metrics (``redis.observability``) in the same process: they use the same
 metric names as the SDK (``db.client.operation.duration``, ``db.client.connection.count``) and Prometheus rejects
@@ -35,6 +37,7 @@ import os
 import sys
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -42,7 +45,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 _log = logging.getLogger("telemetry_setup")
 
@@ -106,6 +109,7 @@ def setup_telemetry(
     prometheus_port: int | None = None,
     prometheus_host: str = "127.0.0.1",
     set_global: bool = True,
+    spans_file: Path | None = None,
 ) -> Telemetry:
     """Configure tracing and metrics from OTEL_* variables, optionally with a Prometheus endpoint.
 
@@ -128,6 +132,10 @@ def setup_telemetry(
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if spans_file is not None:
+        out = spans_file.open("a", encoding="utf-8")  # flushed after each export, closed at exit
+        exporter = ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
 
     readers: list[MetricReader] = []
     otlp_metrics = _otlp_wanted("metrics")

@@ -32,6 +32,17 @@ async def test_quick_demo_prints_the_summary_and_writes_the_picture(tmp_path: Pa
     assert width >= 1000 and height >= 800, (width, height)
     assert png.stat().st_size > 50_000  # panels with data, not an empty frame
     assert (output / "summary.txt").read_text().startswith("== Summary")
+    # The slowest statements are named by their query summary (the daemon's candle upsert is a batch INSERT).
+    statements = summary[summary.index("Slowest PostgreSQL statements") :].splitlines()[1:4]
+    assert any("BATCH INSERT candles" in line and " p99 " in line for line in statements), summary
+    # One tick's trace: the producer's send span, then the consumer's process span linked to it with the upsert
+    # inside, read from the spans the daemon exported.
+    trace = summary[summary.index("One tick's trace, from producer to candle") :].splitlines()
+    send = next(i for i, line in enumerate(trace) if " send market:ticks:" in line and "PRODUCER" in line)
+    process = next(i for i, line in enumerate(trace) if " process market:ticks:" in line and "CONSUMER" in line)
+    assert send < process and "linked to the send" in trace[process], summary
+    assert any("`- BATCH INSERT candles" in line for line in trace[process:]), summary
+    assert any("`- XACK market:ticks:" in line for line in trace[process:]), summary
 
 
 def test_demo_script_sets_up_then_runs_the_demo() -> None:
