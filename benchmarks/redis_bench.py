@@ -1,7 +1,9 @@
-"""Redis variants: GET and SET (one at a time and from 64 tasks), and ``xadd_bulk`` against a pipelined XADD loop."""
+"""Redis variants: GET and SET (one at a time and from 64 tasks), XADD one at a time (with and without the trace
+context field), and ``xadd_bulk`` against a pipelined XADD loop."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ CONNECT_TIMEOUT = 2.0  # RedisSettings' default
 MAX_CONNECTIONS = 100  # > 64 tasks: the SDK's pool fails fast when full, redis-py's raw pool too
 STREAM = "bench:stream"
 CHUNK = 500  # xadd_bulk's default chunk_size; the hand-written loop uses the same
+XADD_STREAM = "bench:xadd"
+XADD_MAXLEN = 10_000  # every XADD variant trims alike (approximate), so the stream stays small
 
 
 def _key(i: int) -> str:
@@ -167,12 +171,47 @@ class RedisBench:
         ]
         return variants
 
+    def xadd_variants(self) -> list[Variant]:
+        """XADD of one 6-field message: raw, and the SDK with and without the ``traceparent`` field."""
+        raw, otel = self.raw, self.otel
+        assert raw is not None
+
+        async def raw_xadd(i: int) -> Any:
+            return await raw.xadd(XADD_STREAM, _message(i), maxlen=XADD_MAXLEN, approximate=True)  # type: ignore[arg-type]
+
+        async def flush() -> None:
+            otel.flush()
+
+        variants = [Variant("raw", "redis-py XADD", raw_xadd)]
+        if not self.available:
+            return variants
+        sdk, plain = self.sdk_otel, self.sdk_plain
+        has_context = "trace_context" in inspect.signature(sdk.xadd).parameters  # absent before stream telemetry
+
+        async def sdk_xadd(i: int) -> Any:
+            return await sdk.xadd(XADD_STREAM, _message(i), maxlen=XADD_MAXLEN)
+
+        async def sdk_xadd_no_context(i: int) -> Any:
+            return await sdk.xadd(XADD_STREAM, _message(i), maxlen=XADD_MAXLEN, trace_context=False)
+
+        async def plain_xadd(i: int) -> Any:
+            return await plain.xadd(XADD_STREAM, _message(i), maxlen=XADD_MAXLEN)
+
+        variants.append(Variant("sdk_otel", "SDK, OTel SDK (spans+metrics), traceparent field", sdk_xadd, after=flush))
+        if has_context:
+            variants.append(
+                Variant("sdk_otel_noctx", "SDK, OTel SDK, trace_context=False", sdk_xadd_no_context, after=flush)
+            )
+        variants.append(Variant("sdk", "SDK, no OTel SDK", plain_xadd))
+        return variants
+
     def latency_cases(self, ops: int, concurrency: int) -> list[LatencyCase]:
         cases = []
         for command in ("GET", "SET"):
             for conc, n in ((1, ops), (concurrency, ops * 2)):
                 label = "one at a time" if conc == 1 else f"{conc} tasks"
                 cases.append(LatencyCase("redis", f"{command}, {label}", conc, n, self.latency_variants(command)))
+        cases.append(LatencyCase("redis", "XADD, one at a time", 1, ops, self.xadd_variants()))
         return cases
 
     # -- bulk --------------------------------------------------------------------------------------------------------
