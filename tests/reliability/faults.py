@@ -180,9 +180,13 @@ def ids_in(requests: Iterable[bytes]) -> set[str]:
 def mark_hits(spans: Iterable[ReadableSpan], workload: Workload, proxy: FaultProxy | None) -> set[str]:
     """Mark in each history the writes the fault reached; return the ids whose reply the proxy dropped."""
     calls = workload.calls_by_span
+    spans = list(spans)
+    parents = {s.context.span_id: s.parent for s in spans if s.context is not None}
     for span in spans:
         parent = span.parent
-        if parent is None or parent.span_id not in calls:
+        while parent is not None and parent.span_id not in calls:
+            parent = parents.get(parent.span_id)  # an SDK span in between: xadd_bulk's send span over its chunks
+        if parent is None:
             continue
         for event in span.events:
             attrs = event.attributes or {}
