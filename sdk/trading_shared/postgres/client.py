@@ -292,7 +292,7 @@ class PostgresClient(BulkMethods, LegacyMethods):
         idempotent: bool = False,
     ) -> T:
         """:meth:`transaction`, named by ``op``."""
-        body = transaction_body(fn, isolation, readonly, self._errors)
+        body = transaction_body(fn, isolation, readonly)
         return await self._run(op, body, idempotent)
 
     async def run(self, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]], idempotent: bool) -> T:

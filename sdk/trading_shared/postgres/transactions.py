@@ -9,9 +9,9 @@ from typing import Literal, TypeVar
 
 import asyncpg
 
-from ..resilience.faults import Fault, RequestNotSent
+from ..errors import TradingSharedError
+from ..resilience.faults import RequestNotSent
 from . import connections
-from .classify import PostgresErrors
 from .query_telemetry import SqlOperation
 
 T = TypeVar("T")
@@ -31,9 +31,14 @@ def idempotent(op: SqlOperation, query: str, given: bool | None) -> bool:
 
 
 def transaction_body(
-    fn: Callable[[asyncpg.Connection], Awaitable[T]], isolation: Isolation, readonly: bool, errors: PostgresErrors
+    fn: Callable[[asyncpg.Connection], Awaitable[T]], isolation: Isolation, readonly: bool
 ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
-    """One attempt of a transaction running ``fn``: failures before COMMIT was sent are marked as not applied."""
+    """One attempt of a transaction running ``fn``: failures before COMMIT was sent are marked as not applied.
+
+    The mark (:class:`RequestNotSent`) only says "nothing was committed"; what the error means is left to the
+    pipeline's classification, which turns an unknown outcome into "not sent" and leaves every other verdict (the
+    caller's error, a conflict) as it is.
+    """
 
     async def body(conn: asyncpg.Connection) -> T:
         tx = conn.transaction(isolation=isolation, readonly=readonly)
@@ -49,9 +54,9 @@ def transaction_body(
                 raise  # cancelled (maybe by the deadline): no await here; the pool's release rolls back
             with contextlib.suppress(Exception):
                 await tx.rollback()
-            if isinstance(exc, Exception) and errors.classify(exc) is Fault.INDETERMINATE:
-                raise RequestNotSent(exc) from exc  # never committed: the server rolled it back
-            raise
+            if isinstance(exc, TradingSharedError):
+                raise  # another client's error, raised in fn: it says nothing about this server
+            raise RequestNotSent(exc) from exc  # never committed: the server rolled it back
         if connections.is_closed(conn):
             raise RequestNotSent(asyncpg.ConnectionDoesNotExistError("connection lost before COMMIT was sent"))
         await tx.commit()  # a failure here may or may not have committed
