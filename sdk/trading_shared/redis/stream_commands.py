@@ -115,12 +115,7 @@ class StreamCommands(StreamTelemetry):
         packed once with the message, so a re-sent chunk is the same bytes under the same dedupe token.
         """
         shape = self._streams.shape("send", stream, None, st.SEND)
-        tracer = self._telemetry.tracer()
-        span = None
-        if tracer is not None:
-            span = tracer.start_span(shape.name, kind=shape.kind, attributes=shape.attributes)
-            span.set_attribute(names.MESSAGING_BATCH_MESSAGE_COUNT, len(messages))
-            shape.span = span
+        span = shape.span = st.start_span(self._telemetry, shape, {names.MESSAGING_BATCH_MESSAGE_COUNT: len(messages)})
         context = self.settings.stream_trace_context if trace_context is None else trace_context
         value = st.current_traceparent(shape) if context else None
         if value is not None:

@@ -20,7 +20,7 @@ from ..telemetry import names
 from .dispatch import RedisBase
 from .endpoints import Key
 from .stream_health import StreamHealthMonitor
-from .stream_tracing import PROCESS, StreamNames, links_of, producer_context
+from .stream_tracing import PROCESS, StreamNames, links_of, producer_context, start_span
 from .streams import StreamEntry
 
 
@@ -110,8 +110,7 @@ class StreamTelemetry(RedisBase):
         off. The span carries ``messaging.message.id`` for one entry, ``messaging.batch.message_count`` for
         several, and the stream and group as declared (:meth:`declare_stream`) or ``_undeclared``.
         """
-        tracer = self._telemetry.tracer()
-        if tracer is None:
+        if self._telemetry.tracer() is None:
             yield None
             return
         batch = [entries] if isinstance(entries, StreamEntry) else list(entries)
@@ -121,13 +120,15 @@ class StreamTelemetry(RedisBase):
             if producer is not None:
                 parent = trace.set_span_in_context(NonRecordingSpan(producer), otel_context.Context())
         shape = self._streams.shape("process", stream, group, PROCESS)
-        span = tracer.start_span(
-            shape.name, context=parent, kind=shape.kind, attributes=shape.attributes, links=links_of(batch)
+        extra: dict[str, str | int] = (
+            {names.MESSAGING_MESSAGE_ID: batch[0].id.decode(errors="replace")}
+            if len(batch) == 1
+            else {names.MESSAGING_BATCH_MESSAGE_COUNT: len(batch)}
         )
-        if len(batch) == 1:
-            span.set_attribute(names.MESSAGING_MESSAGE_ID, batch[0].id.decode(errors="replace"))
-        else:
-            span.set_attribute(names.MESSAGING_BATCH_MESSAGE_COUNT, len(batch))
+        span = start_span(self._telemetry, shape, extra, context=parent, links=links_of(batch))
+        if span is None:
+            yield None
+            return
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
                 yield span

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
@@ -277,6 +278,27 @@ def describe_ids(span: Span | None, ids: tuple[str | bytes, ...]) -> None:
             span.set_attribute(names.MESSAGING_BATCH_MESSAGE_COUNT, len(ids))
     except Exception:
         _log.debug("telemetry failed", exc_info=True)
+
+
+def start_span(
+    telemetry: ClientTelemetry,
+    shape: SpanShape,
+    extra: Mapping[str, AttributeValue],
+    *,
+    context: Context | None = None,
+    links: Sequence[Link] = (),
+) -> Span | None:
+    """Start a messaging span of its own (not a call's span) as ``shape`` says; None while tracing is off or if the
+    tracer fails (telemetry never breaks a call)."""
+    try:
+        tracer = telemetry.tracer()
+        if tracer is None:
+            return None
+        attributes = {**shape.attributes, **extra}
+        return tracer.start_span(shape.name, context=context, kind=shape.kind, attributes=attributes, links=links)
+    except Exception:
+        _log.debug("span start failed", exc_info=True)
+        return None
 
 
 @contextmanager
