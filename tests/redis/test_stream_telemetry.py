@@ -223,3 +223,18 @@ async def test_the_old_multi_stream_read_strips_the_field_too(
     assert fields == {b"px": b"1"}  # old callers iterate the fields: they see what they wrote
     [(_, raw_fields)] = await _raw_entries(redis_url, STREAM)
     assert b"traceparent" in raw_fields
+
+
+async def test_a_failure_inside_the_process_span_marks_it_without_its_message(
+    make_redis: Callable[..., RedisClient], otel: Otel
+) -> None:
+    async with make_redis() as r:
+        await r.xadd(STREAM, {"px": "bad"})
+        [entry] = await r.read_stream_messages(STREAM, GROUP, "w1")
+        with pytest.raises(ValueError, match="SECRET-PRICE"), r.process_span(STREAM, GROUP, entry):
+            raise ValueError("unparsable SECRET-PRICE")
+    [process] = otel.spans("process")
+    assert process.status.status_code.name == "ERROR"
+    assert _attrs(process)[names.ERROR_TYPE] == "ValueError"
+    assert process.events == ()  # no exception event: its message could quote the payload
+    assert "SECRET-PRICE" not in otel.everything_as_text()
