@@ -11,7 +11,13 @@ import pytest
 
 from support.otel import Otel
 from support.servers import PostgresServer
-from trading_shared import CircuitOpenError, OutcomeUnknownError, PostgresClient, ServiceUnavailableError
+from trading_shared import (
+    CircuitOpenError,
+    DeadlineExceededError,
+    OutcomeUnknownError,
+    PostgresClient,
+    ServiceUnavailableError,
+)
 from trading_shared.telemetry import names
 
 
@@ -199,10 +205,16 @@ async def test_multi_statement_run_is_not_rerun_after_a_statement_was_applied(
         assert await pg.fetchval("SELECT count(*) FROM orders") == 1
 
 
+@pytest.mark.parametrize("kind", ["circuit_open", "unavailable", "deadline"])
 async def test_another_clients_errors_inside_a_transaction_are_not_retried_nor_counted(
-    make_pg: Callable[..., PostgresClient], otel: Otel
+    make_pg: Callable[..., PostgresClient], otel: Otel, kind: str
 ) -> None:
-    foreign = CircuitOpenError("redis breaker open", operation="GET", attempts=0, may_have_been_applied=False)
+    # ServiceUnavailableError is a builtin ConnectionError, DeadlineExceededError a TimeoutError: read as this
+    # server's failure either would be retried and counted against this breaker.
+    error_type = {"circuit_open": CircuitOpenError, "unavailable": ServiceUnavailableError}.get(
+        kind, DeadlineExceededError
+    )
+    foreign = error_type("redis unavailable", operation="GET", attempts=1, may_have_been_applied=False)
     async with make_pg(breaker={"fail_max": 1, "reset_timeout": 5}) as pg:
         runs = 0
 
@@ -211,12 +223,33 @@ async def test_another_clients_errors_inside_a_transaction_are_not_retried_nor_c
             runs += 1
             raise foreign
 
-        with pytest.raises(CircuitOpenError) as info:
+        with pytest.raises(error_type) as info:
             await pg.transaction(uses_redis)
         assert info.value is foreign
         assert runs == 1
         assert pg.breaker.state.value == "closed"
     assert sum(v for _, v in otel.points(names.BREAKER_REJECTIONS)) == 0
+
+
+async def test_a_caller_error_in_a_transaction_is_raised_as_is_once_and_rolled_back(
+    make_pg: Callable[..., PostgresClient],
+) -> None:
+    async with make_pg(breaker={"fail_max": 1, "reset_timeout": 5}) as pg:
+        await pg.execute("DROP TABLE IF EXISTS tx_caller; CREATE TABLE tx_caller (id int)")
+        runs = 0
+
+        async def bad(conn: asyncpg.Connection) -> None:
+            nonlocal runs
+            runs += 1
+            await conn.execute("INSERT INTO tx_caller VALUES (1)")
+            raise ValueError("bad input")
+
+        with pytest.raises(ValueError, match="bad input"):
+            await pg.transaction(bad, idempotent=True)
+        assert runs == 1
+        assert pg.breaker.state.value == "closed"
+        assert await pg.fetchval("SELECT count(*) FROM tx_caller") == 0
+        await pg.execute("DROP TABLE tx_caller")
 
 
 async def test_transaction_deadline_holds_against_a_frozen_server(
