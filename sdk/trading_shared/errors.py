@@ -39,7 +39,8 @@ class ServiceUnavailableError(TradingSharedError, ConnectionError):
     """The server could not be reached or did not answer in time, after the retry policy ran its course.
 
     Attributes:
-        operation: the ``db.operation.name`` of the failed call.
+        operation: the failed call's name in telemetry: the Redis command, or the PostgreSQL statement's
+            ``db.query.summary`` (``SELECT instruments``, or the caller's ``summary=``).
         attempts: how many times the request was tried.
         may_have_been_applied: ``False`` when no attempt can have reached the server, ``True`` when one may have.
     """

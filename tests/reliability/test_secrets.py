@@ -5,7 +5,8 @@ a FaultProxy, and makes it do everything: connect, succeed, fail on caller error
 connection resets, open its breaker, recover; a second client uses a wrong password. Everything the SDK and the
 drivers log (caplog at DEBUG, every logger), every span (attributes, events, status) and every metric point
 (tests/support/otel.py), plus the reprs and messages of the clients, settings and errors, are then searched for
-the password, the wrong password, query parameters, SQL text, Redis keys and values: none may appear.
+the password, the wrong password, query parameters, SQL literals, Redis keys and values: none may appear. (Spans
+carry the parameterised SQL as ``db.query.text`` by design, literals replaced by ``?``.)
 """
 
 from __future__ import annotations
