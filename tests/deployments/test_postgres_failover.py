@@ -224,7 +224,7 @@ async def test_switchover_fast_stop_then_promote_loses_and_duplicates_nothing(pa
         assert await pg.fetchval("SELECT 1") == 1
         timings = await _fail_over(pg, pair, lambda: pair.primary.stop("fast"), book)
         assert await pg.fetchval("SELECT inet_server_port()") == pair.standby.port
-    ports = [(s.attributes or {})[names.SERVER_PORT] for s in otel.spans("fetchval")]
+    ports = [(s.attributes or {})[names.SERVER_PORT] for s in otel.method_spans("fetchval")]
     assert ports[0] == pair.primary.port and ports[-1] == pair.standby.port, ports
     figures = await _audit(pair, book)
     print(f"\nswitchover: {timings}; {figures}")
@@ -385,7 +385,7 @@ async def test_replica_reads_go_to_the_standby_through_their_own_pool(pair: Pair
         assert [r["id"] for r in rows] == ["r1"]
         assert pg.replica.pool is not None and pg.replica.pool is not pg.pool
         assert pg.replica.breaker is not pg.breaker
-    spans = otel.spans("fetchval")
+    spans = otel.method_spans("fetchval")
     replica_spans = [s for s in spans if (s.attributes or {}).get(names.POOL_NAME) == "postgres-replica"]
     # Spans name the host that answered (the standby), not the first host of the replica DSN (the primary).
     assert replica_spans and all((s.attributes or {})[names.SERVER_PORT] == pair.standby.port for s in replica_spans)

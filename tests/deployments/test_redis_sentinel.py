@@ -307,8 +307,10 @@ async def test_a_call_cut_by_the_failover_is_reported_as_master_changed(
     events = [e for e in span.events if e.name == names.EVENT_MASTER_CHANGED]
     assert [(e.attributes or {})[names.SERVER_PORT] for e in events] == [old.port]
     retried = [a.get(names.ERROR_TYPE) for a, _ in otel.points(names.RETRIES)]
-    # cut when the promotion started; then refused by the held old master until the switch (never sent)
-    assert retried[0] == "MasterChangedError" and set(retried[1:]) <= {"NotMasterError"}, retried
+    # Cut when the promotion started; then refused by the held old master until the switch (never sent). On a loaded
+    # machine the sentinels may demote the old master before the client has read +switch-master: the old master
+    # then drops its clients itself, a plain ConnectionError on a server the client still takes for the master.
+    assert retried[0] == "MasterChangedError" and set(retried[1:]) <= {"NotMasterError", "ConnectionError"}, retried
     assert (span.attributes or {})[names.SERVER_PORT] == new.port
 
 

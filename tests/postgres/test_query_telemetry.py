@@ -184,7 +184,7 @@ async def test_distinct_summaries_in_metrics_are_capped_and_the_overflow_counted
 async def test_retries_and_rejections_carry_the_duration_points_operation(
     make_pg: Callable[..., PostgresClient], pg_server: PostgresServer, otel: Otel
 ) -> None:
-    pg = make_pg(retry={"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.01, "deadline": 2},
+    pg = make_pg(retry={"max_attempts": 2, "initial_backoff": 0.01, "max_backoff": 0.01, "deadline": 10},
                  breaker={"fail_max": 1, "reset_timeout": 30})  # fmt: skip
     await pg.connect()
     await asyncio.to_thread(pg_server.stop, "immediate")

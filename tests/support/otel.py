@@ -11,6 +11,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from trading_shared.telemetry.names import METHOD
+
 
 @dataclass
 class Otel:
@@ -31,6 +33,10 @@ class Otel:
     def spans(self, name_prefix: str = "") -> list[ReadableSpan]:
         """Finished spans whose name starts with ``name_prefix``."""
         return [s for s in self.spans_exporter.get_finished_spans() if s.name.startswith(name_prefix)]
+
+    def method_spans(self, method: str) -> list[ReadableSpan]:
+        """Finished spans of the SDK method ``method`` (``fetchval``...): PostgreSQL spans are named by statement."""
+        return [s for s in self.spans_exporter.get_finished_spans() if (s.attributes or {}).get(METHOD) == method]
 
     def points(self, metric: str) -> list[tuple[dict[str, Any], Any]]:
         """``(attributes, value)`` of every data point of ``metric`` (histograms give ``(attrs, count)``)."""

@@ -339,10 +339,16 @@ class PostgresClient(BulkMethods, LegacyMethods):
                     if connections.is_closed(conn):  # asyncpg refused to send on a connection that was already gone
                         raise RequestNotSent(connections.lost(exc)) from exc
                     raise
-                except asyncpg.ReadOnlySQLTransactionError as exc:
-                    if self._writable and await connections.server_is_read_only(conn):
+                except (asyncpg.ReadOnlySQLTransactionError, RequestNotSent) as exc:
+                    # A transaction marks what failed before COMMIT (RequestNotSent): a read-only refusal too.
+                    refused = exc.original if isinstance(exc, RequestNotSent) else exc
+                    if (
+                        isinstance(refused, asyncpg.ReadOnlySQLTransactionError)
+                        and self._writable
+                        and await connections.server_is_read_only(conn)
+                    ):
                         await gate.expire()  # reconnect: target_session_attrs=read-write skips the read-only host
-                        raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from exc
+                        raise ReadOnlyServerError("the server is read-only (standby or demoted primary)") from refused
                     raise
             except Exception as exc:
                 if not several_requests:
