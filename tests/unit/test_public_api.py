@@ -1,9 +1,10 @@
-"""The curated public face: the export list, docstrings and the typed marker."""
+"""The curated public face: the export list, docstrings, the typed marker, and small modules."""
 
 from __future__ import annotations
 
 import importlib.resources
 import inspect
+from pathlib import Path
 
 import trading_shared
 
@@ -59,3 +60,11 @@ def test_sdk_errors_are_connection_errors_for_services_that_catch_those() -> Non
         assert issubclass(getattr(trading_shared, name), ConnectionError), name
     assert issubclass(trading_shared.DeadlineExceededError, TimeoutError)
     assert issubclass(trading_shared.ConfigurationError, ValueError)
+
+
+def test_every_sdk_module_stays_small() -> None:
+    """Modules of a few hundred lines, each with one job: a module past 400 lines is split, not grown."""
+    sdk = Path(trading_shared.__file__).parent
+    sizes = {str(p.relative_to(sdk)): len(p.read_text().splitlines()) for p in sdk.rglob("*.py")}
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n >= 400} == {}
