@@ -144,6 +144,10 @@ def test_stalled_consumer_pages_and_resolves_when_it_resumes(
             lambda s: all(s.get(a) == "firing" for a in ALERTS), timeout=within(25), message="stream alerts not firing"
         )
 
+        # Stay stalled until a rate window holds only the stall (+2 s of points), so the quiet-window check below has
+        # data even when the alerts fired sooner than that.
+        time.sleep(max(0.0, t0 + stalled + _seconds(RATE_INTERVAL) + 3 - time.time()))
+
         # --- resume: it acknowledges what it held and catches up; both alerts resolve --------------------------------
         resumed = time.time() - t0
         os.kill(workload.process.pid, signal.SIGUSR2)
