@@ -254,15 +254,7 @@ class RedisSettings(RedisOldNames, BaseSettings):
     @field_validator("telemetry_streams", mode="before")
     @classmethod
     def _split_streams(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise ValueError("must be stream or stream=group items, comma-separated or a JSON list") from None
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return _split_list(value, "stream or stream=group items")
 
     def stream_declarations(self) -> list[tuple[str, str | None]]:
         """:attr:`telemetry_streams` as ``(stream, group or None)`` pairs (``a=b`` splits at the last ``=``)."""
@@ -275,15 +267,7 @@ class RedisSettings(RedisOldNames, BaseSettings):
     @field_validator("sentinels", "cluster_nodes", mode="before")
     @classmethod
     def _split_addresses(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    return json.loads(text)
-                except ValueError:
-                    raise ValueError("must be host:port items, comma-separated or as a JSON list") from None
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return _split_list(value, "host:port items")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -339,6 +323,19 @@ class RedisSettings(RedisOldNames, BaseSettings):
             return [_parse_address(a, "cluster_nodes") for a in self.cluster_nodes]
         host, port, _, _ = _parse_redis_url(self.url.get_secret_value())
         return [(host, port)]
+
+
+def _split_list(value: object, items: str) -> object:
+    """A list setting given as text (an environment variable): comma-separated, or a JSON list."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError(f"must be {items}, comma-separated or as a JSON list") from None
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _parse_redis_url(url: str) -> tuple[str, int, int, str]:
